@@ -1,0 +1,85 @@
+"""The base config every file in ``configs/`` starts from.
+
+Config files call :func:`base_config` and override fields; the docstring of
+each config file gives its command line. Fields:
+
+* ``seed``: seeds gate initialisation and data order (authors' code: 233).
+* ``model``: ``name`` (a key of ``nad_jax.models.MODELS``), ``num_classes``,
+  ``checkpoint`` (an Orbax params checkpoint made by ``weights_conversion/``
+  or the demo training; demo networks default to the shipped weights),
+  ``image_size``.
+* ``data``: ``source`` (``demo``, ``tfds`` or ``folder``), ``name`` (tfds
+  dataset), ``data_dir``, ``manual_dir``, ``root`` (image folder),
+  ``classes`` (``'all'``, or a comma-separated string / list of class ids or
+  names), ``hierarchy`` (JSON file primary -> classes, optional), ``augment``
+  (``'none'`` or ``'random_resized_crop'``), ``num_workers``.
+* ``objective``: ``name`` (``paper`` or ``official``), ``lam`` (paper's
+  lambda), ``beta`` (official code's beta).
+* ``optim``: ``alpha``, the learning rate of the normalised SGD.
+* ``search``: ``num_steps`` (step budget per concept), ``batch_size``
+  (images per concept per step), ``concepts_per_step`` (concepts vmapped in
+  one step; more concepts are done in chunks), ``num_seeds`` (random
+  initialisations per concept), ``patience`` (stop a chunk once no binary
+  path changed for this many steps; 0 = off), ``checkpoint_every``,
+  ``log_every``.
+* ``eval``: ``batch_size``, ``max_images_per_class`` (``None`` = all val).
+* ``report``: ``figures`` (write PNGs).
+* ``compare``: model names run one after another into ``workdir/<name>``
+  with one combined report (the demo); empty = only ``model``.
+  ``hparams_by_model`` then gives each its ``alpha``, ``lam``, ``beta``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The defaults; config files override what they need."""
+  config = ml_collections.ConfigDict()
+  config.seed = 233
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = ""
+  config.model.num_classes = 1000
+  config.model.checkpoint = ""
+  config.model.image_size = 224
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "demo"
+  config.data.name = ""
+  config.data.data_dir = ""
+  config.data.manual_dir = ""
+  config.data.root = ""
+  config.data.classes = "all"
+  config.data.hierarchy = ""
+  config.data.augment = "none"
+  config.data.num_workers = 0
+
+  config.objective = ml_collections.ConfigDict()
+  config.objective.name = "paper"
+  config.objective.lam = 1.0
+  config.objective.beta = 1.0
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.alpha = 0.1
+
+  config.search = ml_collections.ConfigDict()
+  config.search.num_steps = 100
+  config.search.batch_size = 16
+  config.search.concepts_per_step = 8
+  config.search.num_seeds = 1
+  config.search.patience = 0
+  config.search.checkpoint_every = 50
+  config.search.log_every = 10
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 64
+  config.eval.max_images_per_class = ml_collections.config_dict.placeholder(int)
+
+  config.report = ml_collections.ConfigDict()
+  config.report.figures = True
+
+  config.compare = ()
+  config.hparams_by_model = ml_collections.ConfigDict()
+  return config

@@ -1,0 +1,94 @@
+"""The model contract that every network disentangled by nad-jax follows.
+
+A *gate site* is the output of one block of a frozen network; its units are
+its channels. A model that can be disentangled is a Flax linen module with
+
+* ``gate_sites(self) -> dict[str, int]``: the ordered gate sites, site name
+  (``site00``, ``site01``, ...) -> number of channels. Plain Python: it needs
+  no parameters and no input.
+* ``__call__(self, images, gates=None) -> (logits, activations)``:
+  ``images`` is ``[batch, height, width, 3]`` (NHWC, already normalised),
+  ``logits`` is ``[batch, num_classes]`` and ``activations`` maps every site
+  name to that site's output ``[batch, ..., channels]`` *after* its gate.
+  ``gates`` is ``None`` (the original network) or a dict with one
+  ``[channels]`` vector per site. The gate multiplies the site's output per
+  channel and the next block consumes the gated activation (paper Eq. 5).
+  During the search gates are ``sigmoid(gate_logits)``; for evaluation they
+  are hard 0/1 paths.
+
+The forward pass is the network in evaluation mode (BatchNorm uses running
+statistics, no dropout). Modules may take extra keyword arguments with
+defaults (the demo networks take ``train`` for their own training).
+
+Memory: the forward pass returns every site's activation, so a batch costs
+the sum of all site activation sizes on top of what the plain forward needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+
+
+def site_name(index: int) -> str:
+  """The name of the ``index``-th gate site: ``site00``, ``site01``, ..."""
+  return f"site{index:02d}"
+
+
+def gate_site(
+    x: jax.Array,
+    gates: Mapping[str, jax.Array] | None,
+    name: str,
+    activations: MutableMapping[str, jax.Array],
+) -> jax.Array:
+  """Applies the gate of site ``name`` to ``x`` and records the result.
+
+  Args:
+    x: the block output, channels last.
+    gates: ``None`` for the original network, else one ``[channels]`` vector
+      per site.
+    name: this site's name.
+    activations: the dict that collects the (gated) site outputs.
+
+  Returns:
+    The gated activation, which the next block must consume.
+  """
+  if gates is not None:
+    if name not in gates:
+      raise KeyError(f"gates has no entry for gate site {name!r}; "
+                     f"it has {sorted(gates)}")
+    gate = jnp.asarray(gates[name], x.dtype)
+    if gate.shape != (x.shape[-1],):
+      raise ValueError(
+          f"gate for site {name!r} has shape {gate.shape}, expected "
+          f"({x.shape[-1]},) for an activation of shape {x.shape}")
+    x = x * gate
+  activations[name] = x
+  return x
+
+
+class GatedModel(Protocol):
+  """What nad-jax needs of a model (see the module docstring)."""
+
+  def gate_sites(self) -> dict[str, int]:
+    ...
+
+  def apply(self, variables, images, gates=None, **kwargs):
+    ...
+
+
+def check_gates(gates: Mapping[str, jax.Array],
+                site_channels: Mapping[str, int]) -> None:
+  """Raises a ValueError naming the site if ``gates`` do not fit the sites."""
+  missing = [s for s in site_channels if s not in gates]
+  extra = [s for s in gates if s not in site_channels]
+  if missing or extra:
+    raise ValueError(f"gate sites do not match the model: missing {missing}, "
+                     f"unexpected {extra}")
+  for site, channels in site_channels.items():
+    if gates[site].shape[-1] != channels:
+      raise ValueError(f"gates for site {site!r} have {gates[site].shape[-1]} "
+                       f"channels, the model has {channels}")
