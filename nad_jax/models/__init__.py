@@ -1,16 +1,22 @@
 """Models by name. Every model follows the contract in ``models/base.py``.
 
-``MODELS`` is a plain dict: name -> module class. ``get_model`` builds one
-with keyword arguments (``num_classes`` and what the module takes).
+``MODELS`` is a plain dict: name -> module class, filled from the model
+modules imported at the bottom. ``get_model`` builds one; ``load_model``
+builds one from a config and loads its frozen variables.
 """
 
 from __future__ import annotations
 
-from nad_jax.models import base
+import ml_collections
 
-# Filled in by the model modules' imports below; a plain dict, no registry
-# decorators.
+from nad_jax import params_io
+
 MODELS: dict[str, type] = {}
+# name -> params checkpoint used when config.model.checkpoint is empty
+# (the demo networks ship their weights).
+DEFAULT_CHECKPOINTS: dict[str, str] = {}
+# name -> how a user gets a checkpoint for this model (shown when missing).
+CHECKPOINT_HELP: dict[str, str] = {}
 
 
 def get_model(name: str, **kwargs):
@@ -23,3 +29,46 @@ def get_model(name: str, **kwargs):
   if name not in MODELS:
     raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
   return MODELS[name](**kwargs)
+
+
+def load_model(model_config: ml_collections.ConfigDict):
+  """Builds ``model_config.name`` and loads its frozen variables.
+
+  Returns:
+    ``(module, variables)``.
+
+  Raises:
+    ValueError: unknown model name, or a checkpoint of another architecture
+      or number of classes.
+    FileNotFoundError: no checkpoint given or found; the message says how to
+      make one. Nothing is ever downloaded.
+  """
+  name = model_config.name
+  module = get_model(name, num_classes=model_config.num_classes)
+  path = model_config.checkpoint or DEFAULT_CHECKPOINTS.get(name, "")
+  if not path:
+    raise FileNotFoundError(
+        f"model {name!r} needs weights: set --config.model.checkpoint to a "
+        f"params checkpoint. {CHECKPOINT_HELP.get(name, '')}".strip())
+  try:
+    variables, meta = params_io.load_variables(path, expect_arch=name)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(
+        f"{e} (model {name!r}). {CHECKPOINT_HELP.get(name, '')}".strip()
+    ) from None
+  if int(meta["num_classes"]) != int(model_config.num_classes):
+    raise ValueError(
+        f"params checkpoint {path} has {meta['num_classes']} classes but "
+        f"config.model.num_classes is {model_config.num_classes}")
+  return module, variables
+
+
+def _register(module_models: dict[str, type]) -> None:
+  for key, value in module_models.items():
+    if key in MODELS:
+      raise ValueError(f"model name {key!r} defined twice")
+    MODELS[key] = value
+
+
+# Model modules: each defines MODELS (and may fill DEFAULT_CHECKPOINTS /
+# CHECKPOINT_HELP). Add new ones here.
