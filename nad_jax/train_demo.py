@@ -110,7 +110,7 @@ def train(model_name: str, dataset: demo.DemoDataset, steps: int, seed: int,
   module = models.get_model(model_name, num_classes=dataset.num_classes)
   images, labels = dataset.split_arrays("train")
   rng = np.random.default_rng(seed)
-  variables = module.init(jax.random.PRNGKey(seed), images[:1])
+  variables = jax.jit(module.init)(jax.random.PRNGKey(seed), images[:1])
   params, batch_stats = variables["params"], variables["batch_stats"]
 
   schedule = optax.warmup_cosine_decay_schedule(

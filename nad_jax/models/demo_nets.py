@@ -3,8 +3,8 @@
 ``DemoVGG`` (a plain conv stack), ``DemoResNet`` (residual add blocks) and
 ``DemoDenseNet`` (concatenating dense blocks) mirror the three families of
 the paper at a size that a laptop CPU searches in seconds: 32x32x3 inputs,
-six gate sites each with 16-64 channels, 4-6 MFLOPs per image and 50k-150k
-parameters. All use BatchNorm; ``train=True`` (used only by
+six gate sites each with 16-64 channels, 2.5-4.9 MFLOPs per image (XLA's
+count) and 47k-151k parameters. All use BatchNorm; ``train=True`` (used only by
 ``nad_jax.train_demo``) switches it to batch statistics and needs
 ``mutable=['batch_stats']``.
 
