@@ -134,7 +134,7 @@ def tiny_dataset():
   return demo.DemoDataset(seed=0, train_per_class=8, val_per_class=2)
 
 
-def test_training_smoke(tiny_dataset):
+def test_training_smoke(tiny_dataset, tmp_path):
   # One network: the training code is the same for all three, and each
   # train step takes long to compile on a busy CPU.
   name = "demo_vgg"
@@ -153,6 +153,19 @@ def test_training_smoke(tiny_dataset):
   means = [x for path, x in jax.tree_util.tree_leaves_with_path(
       variables["batch_stats"]) if "mean" in jax.tree_util.keystr(path)]
   assert means and all(np.any(x != 0.0) for x in means)
+
+  # Saved as a params checkpoint that loads back, never overwritten silently.
+  path = str(tmp_path / name)
+  training = {"steps": 3, "seed": 0}
+  train_demo.save(path, name, variables, metrics, tiny_dataset, training)
+  loaded, meta = params_io.load_variables(path, expect_arch=name)
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(a, b)
+  assert meta["num_classes"] == 16 and meta["steps"] == 3
+  assert meta["val_accuracy"] == metrics["val_accuracy"]
+  assert meta["dataset"]["train_per_class"] == 8
+  with pytest.raises(FileExistsError, match=name):
+    train_demo.save(path, name, variables, metrics, tiny_dataset, training)
 
 
 def test_training_rejects_bad_input(tiny_dataset):

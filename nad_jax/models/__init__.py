@@ -72,7 +72,8 @@ def _register(module_models: dict[str, type]) -> None:
 
 # Model modules: each defines MODELS (and may fill DEFAULT_CHECKPOINTS /
 # CHECKPOINT_HELP). Add new ones here.
-from nad_jax.models import demo_nets  # pylint: disable=g-import-not-at-top
+# pylint: disable-next=wrong-import-position
+from nad_jax.models import demo_nets
 
 _register(demo_nets.MODELS)
 for _name in demo_nets.MODELS:
@@ -80,3 +81,4 @@ for _name in demo_nets.MODELS:
   CHECKPOINT_HELP[_name] = ("The demo weights ship in nad_jax/assets/"
                             "demo_weights; remake them with `python -m "
                             "nad_jax.train_demo --all`.")
+del _name
