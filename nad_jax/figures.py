@@ -146,7 +146,9 @@ def similarity_heatmap(similarity: np.ndarray,
         label.set_color(colours[primary_of[index]])
         label.set_fontweight("bold")
 
-  black = lambda _: "k"  # noqa: E731
+  def black(_):
+    return "k"
+
   left_ax = axes(margin, heat_bottom, dendro, heat)
   hierarchy.dendrogram(linkage, orientation="left", ax=left_ax,
                        no_labels=True, link_color_func=black)

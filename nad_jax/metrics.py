@@ -167,6 +167,9 @@ def interpretability(similarity: np.ndarray,
     raise ValueError(f"path_accuracy has shape {path_accuracy.shape}, expected "
                      f"{similarity.shape[:-1]} to match similarity "
                      f"{similarity.shape}")
+  if not (np.all(np.isfinite(similarity))
+          and np.all(np.isfinite(path_accuracy))):
+    raise ValueError("similarity and path_accuracy must be finite")
   rows, cols = np.triu_indices(num_concepts, k=1)
   pair_values = (path_accuracy[..., rows] * path_accuracy[..., cols]
                  * similarity[..., rows, cols])
@@ -221,7 +224,8 @@ def precision_histogram(precision: np.ndarray) -> np.ndarray:
   bad = ~np.isfinite(precision) | (precision < -1e-12) | (precision > 1 + 1e-12)
   if np.any(bad):
     raise ValueError(f"precision values must lie in [0, 1]; got "
-                     f"{precision[bad][:5]} at indices {np.flatnonzero(bad)[:5]}")
+                     f"{precision[bad][:5]} at indices "
+                     f"{np.flatnonzero(bad)[:5]}")
   unit = 10**9  # integer units per percent
   scaled = np.rint(precision * 100 * unit).astype(np.int64)
   bin_width = 10 * unit

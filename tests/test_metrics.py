@@ -120,6 +120,8 @@ def test_interpretability_per_seed_and_errors():
     metrics.interpretability(np.ones((1, 1)), np.ones(1))
   with pytest.raises(ValueError, match="path_accuracy"):
     metrics.interpretability(similarity, np.ones(4))
+  with pytest.raises(ValueError, match="finite"):
+    metrics.interpretability(similarity, np.array([1.0, np.nan, 1.0]))
 
 
 def test_unit_usage_by_hand():
@@ -158,8 +160,8 @@ def test_adjusted_rand_index_hand_contingency():
   # index = C(2,2)+C(2,2) = 2; rows 3,3 -> 3+3 = 6; cols 2,2,2 -> 3;
   # N = C(6,2) = 15; expected = 6*3/15 = 1.2; max = (6+3)/2 = 4.5
   # ARI = (2 - 1.2) / (4.5 - 1.2) = 0.8 / 3.3 = 8/33
-  assert metrics.adjusted_rand_index([0, 0, 0, 1, 1, 1],
-                                     [0, 0, 1, 1, 2, 2]) == pytest.approx(8 / 33)
+  ari = metrics.adjusted_rand_index([0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2])
+  assert ari == pytest.approx(8 / 33)
 
 
 def test_adjusted_rand_index_known_values():
