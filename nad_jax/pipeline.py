@@ -143,8 +143,7 @@ def run_network(config: ml_collections.ConfigDict,
   logging.info("=== %s: loading the model and the data", name)
   model, variables = models.load_model(config.model)
   dataset = data_lib.get_dataset(config, cache_dir=workdir)
-  concept_ids = data_lib.resolve_classes(config.data.classes,
-                                         dataset.class_names)
+  concept_ids = data_lib.selected_classes(config, dataset)
   site_channels = model.gate_sites()
   logging.info("%s: %d gate sites (%d units), %d concepts, %d seeds each",
                name, len(site_channels), sum(site_channels.values()),
