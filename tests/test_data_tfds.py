@@ -152,3 +152,66 @@ def test_missing_dataset_says_how_to_prepare(tmp_path):
   config.data.name = ""
   with pytest.raises(ValueError, match="config.data.name"):
     data.get_dataset(config, cache_dir=str(tmp_path))
+
+
+class NadTestPhotos(tfds.core.GeneratorBasedBuilder):
+  """A real (unmocked) array_record tfds dataset of foolbox's ImageNet
+  photos, built without TensorFlow from already-encoded JPEG bytes; record
+  ``BROKEN`` of the train split holds bytes that are no image."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  BROKEN = 3
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(encoding_format="jpeg"),
+            "label": tfds.features.ClassLabel(names=["even", "odd"])}))
+
+  def _split_generators(self, dl_manager):
+    from tests import data_photos  # pylint: disable=g-import-not-at-top
+    photos = sorted(data_photos.foolbox_imagenet().items())
+    return {"train": self._generate_examples(photos[:12], self.BROKEN),
+            "validation": self._generate_examples(photos[12:], None)}
+
+  def _generate_examples(self, photos, broken):
+    for n, (path, imagenet_label) in enumerate(photos):
+      with open(path, "rb") as f:
+        encoded = f.read()
+      if n == broken:
+        encoded = b"no image here" * 20
+      yield n, {"image": encoded, "label": imagenet_label % 2}
+
+
+def test_real_array_record_dataset_without_tensorflow(tmp_path):
+  data_dir = str(tmp_path / "tfds")
+  NadTestPhotos(data_dir=data_dir,
+                file_format="array_record").download_and_prepare()
+  config = _config("nad_test_photos")
+  config.data.data_dir = data_dir
+  config.data.classes = "odd"
+  raw = tfds_source._label_source(  # pylint: disable=protected-access
+      "nad_test_photos", "train", data_dir, None)
+  assert isinstance(raw[0]["image"], bytes)  # the fast label pass works
+  # tfds shuffles records when preparing: find the broken one.
+  broken = [i for i in range(len(raw))
+            if raw[i]["image"].startswith(b"no image")]
+  assert len(broken) == 1
+  broken_label = int(raw[broken[0]]["label"])
+  dataset = data.get_dataset(config, cache_dir=str(tmp_path))
+  assert dataset.class_names == ["even", "odd"]
+  assert data.selected_classes(config, dataset) == [1]
+  source = tfds.data_source("nad_test_photos", split="train",
+                            data_dir=data_dir, download=False)
+  readable = [(int(source[i]["label"]),
+               preprocess.eval_transform(np.asarray(source[i]["image"])))
+              for i in range(len(source)) if i != broken[0]]
+  count = sum(label == broken_label for label, _ in readable) + 1
+  assert dataset.num_images("train", broken_label) == count
+  images, _ = dataset.concept_batch([broken_label], 0, count)  # one epoch
+  assert dataset.skipped_files == [f"nad_test_photos/train[{broken[0]}]"]
+  for image in images[0]:
+    assert any(label == broken_label and np.array_equal(image, ref)
+               for label, ref in readable)
+  val = sum(len(x) for x, _ in dataset.eval_batches(1 - broken_label, 3))
+  assert val == dataset.num_images("val", 1 - broken_label) > 0
