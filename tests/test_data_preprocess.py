@@ -135,3 +135,26 @@ def test_unknown_augment_is_an_error():
   with pytest.raises(ValueError, match="random_crop"):
     preprocess.search_transform(np.zeros((8, 8, 3), np.uint8), "random_crop",
                                 np.random.default_rng(0))
+
+
+def test_random_resized_crop_distribution_matches_torchvision():
+  tv = _torchvision()
+  import torch  # pylint: disable=g-import-not-at-top
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  image = Image.new("RGB", (500, 375))
+  get_params = tv.transforms.RandomResizedCrop.get_params
+  theirs = np.array([get_params(image, list(preprocess.RRC_SCALE),
+                                list(preprocess.RRC_RATIO))
+                     for _ in range(3000)], np.float64)
+  rng = np.random.default_rng(0)
+  ours = np.array([preprocess.random_resized_crop_params(375, 500, rng)
+                   for _ in range(3000)], np.float64)
+  # (top, left, h, w): compare area, aspect ratio and offsets; scale up to
+  # 1.25 makes the 10-try loop and the fallback matter.
+  for name, f in [("area", lambda p: p[:, 2] * p[:, 3]),
+                  ("ratio", lambda p: p[:, 3] / p[:, 2]),
+                  ("top", lambda p: p[:, 0]), ("left", lambda p: p[:, 1])]:
+    assert stats.ks_2samp(f(ours), f(theirs)).pvalue > 1e-3, name
+  full = lambda p: np.mean((p[:, 2] == 375) & (p[:, 3] == 500))
+  assert abs(full(ours) - full(theirs)) < 0.03  # fallback share

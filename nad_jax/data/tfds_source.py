@@ -26,7 +26,6 @@ import os
 import tempfile
 
 from absl import logging
-import grain
 import numpy as np
 
 from nad_jax.data import classes
@@ -118,6 +117,7 @@ def _label_source(name: str, split: str, data_dir: str, full_source):
 
 def scan_labels(source, num_threads: int = 8) -> np.ndarray:
   """Every record's label, in record order (one threaded pass with grain)."""
+  import grain  # pylint: disable=g-import-not-at-top
   dataset = grain.MapDataset.source(source).map(
       lambda record: int(record["label"]))
   dataset = dataset.to_iter_dataset(
