@@ -1,6 +1,7 @@
 """Images per second decoded and preprocessed by the folder dataset.
 
-  python3 benchmarks/bench_data.py [--images 64] [--repeats 3] [--workers 2]
+  PYTHONPATH=. python3 benchmarks/bench_data.py [--images 64] [--repeats 3] \
+      [--workers 2]
 
 Builds a temporary image folder of real JPEG photos at ImageNet-like sizes
 (scikit-image's photos re-encoded at 500x375 / 375x500, quality 90, with

