@@ -28,6 +28,7 @@ Memory: the state_dict and its converted copy, about twice the checkpoint
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import re
@@ -153,6 +154,14 @@ def _arch_hint(arch: str, state_dict: Mapping[str, Any]) -> str:
   return ""
 
 
+@functools.lru_cache(maxsize=8)
+def _target_shapes(arch: str, num_classes: int) -> dict[str, Any]:
+  """The Flax variables' shapes (tracing DenseNet121's init takes seconds)."""
+  model = ARCHS[arch](num_classes=num_classes)
+  return jax.eval_shape(model.init, jax.random.key(0),
+                        jnp.zeros((1, 224, 224, 3), jnp.float32))
+
+
 def convert_state_dict(arch: str, state_dict: Mapping[str, Any],
                        num_classes: int | None = None, *,
                        source: str = "") -> dict[str, Any]:
@@ -181,12 +190,10 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any],
     state_dict = rename_old_densenet_keys(state_dict)
   if num_classes is None:
     num_classes = infer_num_classes(arch, state_dict) or 1000
-  model = ARCHS[arch](num_classes=num_classes)
-  target_shapes = jax.eval_shape(model.init, jax.random.key(0),
-                                 jnp.zeros((1, 224, 224, 3), jnp.float32))
   try:
     return tu.convert_with_rules(state_dict, torchvision_rules(arch),
-                                 target_shapes, source=source)
+                                 _target_shapes(arch, num_classes),
+                                 source=source)
   except tu.ConversionError as e:
     raise tu.ConversionError(
         f"cannot convert to {arch} ({num_classes} classes): {e}"
