@@ -72,3 +72,11 @@ def _register(module_models: dict[str, type]) -> None:
 
 # Model modules: each defines MODELS (and may fill DEFAULT_CHECKPOINTS /
 # CHECKPOINT_HELP). Add new ones here.
+
+from nad_jax.models import darts  # pylint: disable=g-import-not-at-top
+
+_register(darts.MODELS)
+CHECKPOINT_HELP["darts_v2"] = (
+    "Convert the DARTS ImageNet checkpoint (PyTorch, DARTS reference key "
+    "layout) with: python weights_conversion/convert_darts.py --input "
+    "model.pt --output DIR, then pass --config.model.checkpoint=DIR.")
