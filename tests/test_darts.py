@@ -150,6 +150,14 @@ def test_gate_sites_follow_nad_facts():
   assert list(sites.values()) == expected
 
 
+def test_input_size_without_a_7px_map_is_refused():
+  module = darts.DartsImageNet(num_classes=10, init_channels=8, layers=3)
+  shapes = convert_darts.variable_shapes(module)
+  images = jax.ShapeDtypeStruct((1, 160, 160, 3), np.float32)  # 5x5 map
+  with pytest.raises(ValueError, match="last cell's map is 5x5"):
+    jax.eval_shape(module.apply, shapes, images)
+
+
 def test_bad_genotype_is_refused():
   with pytest.raises(ValueError, match="unknown operation 'sep_conv_9x9'"):
     darts.make_genotype([("sep_conv_9x9", 0), ("skip_connect", 1)], [2],
