@@ -284,7 +284,8 @@ def test_missing_and_mis_shaped_keys_are_listed(reference, tmp_path):
   message = _convert_error(tmp_path, {"state_dict": state_dict})
   assert "missing keys (1)" in message
   assert "cells.3._ops.7.op.1.weight" in message
-  assert "cells.5.preprocess1.op.1.weight" in message
+  assert ("cells.5.preprocess1.op.1.weight: got (192, 384, 3, 3), expected "
+          "(96, 384, 1, 1)") in message
   assert "module_extra.weight" in message
 
 

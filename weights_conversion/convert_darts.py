@@ -164,9 +164,27 @@ def convert_state_dict(state_dict: Mapping[str, Any],
   module = darts.DartsImageNet(num_classes=num_classes, genotype=genotype,
                                init_channels=init_channels, layers=layers)
   target_shapes = variable_shapes(module)
-  return torch_utils.convert_with_rules(
-      state_dict, conversion_rules(target_shapes), target_shapes,
-      source=source)
+  rules = conversion_rules(target_shapes)
+  # Check in torch terms first, so that every message gives torch shapes.
+  torch_utils.check_state_dict(
+      state_dict, _torch_shapes(rules, target_shapes), source=source)
+  return torch_utils.convert_with_rules(state_dict, rules, target_shapes,
+                                        source=source)
+
+
+def _torch_shapes(rules: list[torch_utils.Rule],
+                  target_shapes: Mapping[str, Any]) -> dict[str, tuple]:
+  """torch key -> the torch-layout shape its Flax variable needs."""
+  flax_shapes = dict(_flatten(dict(target_shapes)))
+  torch_shapes = {}
+  for rule in rules:
+    shape = tuple(flax_shapes[rule.flax_path].shape)
+    if len(shape) == 4:  # HWIO -> OIHW
+      shape = (shape[3], shape[2], shape[0], shape[1])
+    elif len(shape) == 2:  # (in, out) -> (out, in)
+      shape = shape[::-1]
+    torch_shapes[rule.torch_key] = shape
+  return torch_shapes
 
 
 def _to_numpy(value: Any) -> np.ndarray:
