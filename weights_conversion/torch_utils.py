@@ -77,9 +77,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     loaded = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises many kinds for a bad file.
     raise ConversionError(
-        f"{path} is not a readable PyTorch checkpoint "
-        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-    ) from None
+        f"{path} is not a readable PyTorch checkpoint (corrupted, truncated "
+        f"or not written by torch.save; torch.load raised "
+        f"{type(e).__name__})") from None
   if not isinstance(loaded, Mapping):
     raise ConversionError(f"{path} holds a {type(loaded).__name__}, not a "
                           "state_dict or a checkpoint dict")
@@ -116,12 +116,13 @@ def conv_kernel(x: np.ndarray) -> np.ndarray:
   """Conv kernel OIHW (PyTorch) -> HWIO (Flax)."""
   x = np.asarray(x)
   if x.ndim != 4:
-    raise ConversionError(f"conv kernel must be 4-D (O, I, H, W), got {x.shape}")
+    raise ConversionError(f"conv kernel must be 4-D (O, I, H, W), got "
+                          f"{x.shape}")
   return np.ascontiguousarray(np.transpose(x, (2, 3, 1, 0)))
 
 
 def depthwise_kernel(x: np.ndarray) -> np.ndarray:
-  """Depthwise kernel (C, 1, kh, kw) -> (kh, kw, 1, C), feature_group_count=C."""
+  """Depthwise (C, 1, kh, kw) -> (kh, kw, 1, C); use feature_group_count=C."""
   x = np.asarray(x)
   if x.ndim != 4 or x.shape[1] != 1:
     raise ConversionError(
@@ -202,7 +203,8 @@ def batch_norm_rules(torch_prefix: str,
   return [
       Rule(_join(torch_prefix, "weight"), ("params", *scope, "scale")),
       Rule(_join(torch_prefix, "bias"), ("params", *scope, "bias")),
-      Rule(_join(torch_prefix, "running_mean"), ("batch_stats", *scope, "mean")),
+      Rule(_join(torch_prefix, "running_mean"),
+           ("batch_stats", *scope, "mean")),
       Rule(_join(torch_prefix, "running_var"), ("batch_stats", *scope, "var")),
   ]
 
@@ -250,7 +252,8 @@ def check_state_dict(state_dict: Mapping[str, Any],
   """
   missing = [k for k in expected_shapes if k not in state_dict]
   unexpected = [k for k in state_dict
-                if k not in expected_shapes and not _ignored(k, ignore_suffixes)]
+                if k not in expected_shapes
+                and not _ignored(k, ignore_suffixes)]
   mis_shaped = [
       f"{k}: got {tuple(np.shape(state_dict[k]))}, expected {tuple(shape)}"
       for k, shape in expected_shapes.items()
