@@ -2,18 +2,18 @@
 
 First convert the DARTS ImageNet checkpoint (nothing is ever downloaded)::
 
-  python weights_conversion/convert_darts.py --input model.pt \
+  python weights_conversion/convert_darts.py --input model.pt \\
       --output ~/nad_weights/darts_v2 --verify
 
 Then, ImageNet (tfds ``imagenet2012``; the archives go in ``manual_dir``)::
 
-  python -m nad_jax.main --config=configs/darts.py \
+  python -m nad_jax.main --config=configs/darts.py \\
       --config.model.checkpoint=~/nad_weights/darts_v2 --workdir=/tmp/nad_darts
 
 Places365 (tfds ``places365_small``, 365 classes) needs a checkpoint with a
 365-way classifier (no public DARTS one exists; convert your own)::
 
-  python -m nad_jax.main --config=configs/darts.py:places365 \
+  python -m nad_jax.main --config=configs/darts.py:places365 \\
       --config.model.checkpoint=DIR --workdir=/tmp/nad_darts_places
 
 Hyperparameters (NAD_FACTS section 3): paper alpha 0.1 / 0.3, lambda

@@ -243,6 +243,11 @@ def test_other_genotypes_plug_in(genotype_name):
   for site, channels in module.gate_sites().items():
     assert activations[site].shape[-1] == channels
     _assert_close(site, activations[site], torch_sites[site])
+  if genotype_name == "relative_nas":  # the converter's --verify helper
+    differences = convert_darts.compare_with_darmo(
+        variables, net.state_dict(), genotype, init_channels=8, layers=3)
+    assert list(differences) == [*module.gate_sites(), "logits"]
+    assert max(rel for _, rel in differences.values()) <= TOLERANCE
 
 
 # ---------------------------------------------------------------------------

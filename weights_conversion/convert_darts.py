@@ -2,7 +2,7 @@
 
 Usage::
 
-  python weights_conversion/convert_darts.py --input model.pt \
+  python weights_conversion/convert_darts.py --input model.pt \\
       --output ~/nad_weights/darts_v2 [--force] [--verify]
 
 The input uses the keys of the DARTS reference code's ``NetworkImageNet``
@@ -18,8 +18,15 @@ The output is an Orbax params checkpoint (``nad_jax.params_io``) with meta
 ``arch='darts_v2'``, ``num_classes``, ``source`` and the input's ``sha256``;
 use it with ``--config.model.checkpoint=DIR``. Nothing is downloaded.
 
+``--verify`` reloads the written checkpoint and checks it bit for bit; if
+the ``darmo`` package is installed (``pip install --no-deps darmo``), it
+also runs darmo's PyTorch ``NetworkImageNet`` and the Flax model on the same
+random image and prints the largest differences at every gate site and the
+logits.
+
 Memory: the state_dict (4.7 M floats for 1000 classes, 19 MB) is held about
-twice (torch-layout and converted copies); ``--verify`` adds one forward pass.
+twice (torch-layout and converted copies); ``--verify`` adds both models'
+forward passes.
 """
 
 from __future__ import annotations
@@ -27,9 +34,12 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import importlib
+import importlib.util
 import os
 import re
 import sys
+import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -224,16 +234,115 @@ def convert_file(input_path: str, output_dir: str, *, force: bool = False,
   meta = {"arch": ARCH, "num_classes": num_classes,
           "genotype": "DARTS_V2",
           "source": os.path.abspath(input_path),
-          "sha256": _sha256(input_path)}
+          "sha256": _sha256(input_path),
+          "converter": "weights_conversion/convert_darts.py"}
   params_io.save_variables(output_dir, variables, meta, force=force)
   if verify:
-    _verify(output_dir, variables, num_classes)
+    _verify(output_dir, variables, state_dict)
   return meta
 
 
+# ----------------------------------------------------------------------------
+# Verification.
+
+_DARMO_STUB = "_darmo_reference"
+
+
+def darmo_network_module():
+  """darmo's ``network.py``: a PyTorch DARTS ``NetworkImageNet``.
+
+  darmo (PyPI, Apache-2.0; ``pip install --no-deps darmo``) follows the DARTS
+  reference code and its key names. Its package ``__init__`` imports timm
+  and ofa, so only ``network.py`` (and the ``operations.py`` / ``utils.py``
+  it imports) is loaded, under a stub package.
+
+  Raises:
+    ModuleNotFoundError: darmo is not installed.
+  """
+  spec = importlib.util.find_spec("darmo")  # does not run darmo/__init__.py
+  if spec is None or not spec.submodule_search_locations:
+    raise ModuleNotFoundError(
+        "comparing with PyTorch needs darmo: pip install --no-deps darmo")
+  if _DARMO_STUB not in sys.modules:
+    stub = types.ModuleType(_DARMO_STUB)
+    stub.__path__ = list(spec.submodule_search_locations)
+    sys.modules[_DARMO_STUB] = stub
+  return importlib.import_module(f"{_DARMO_STUB}.network")
+
+
+def compare_with_darmo(variables: Mapping[str, Any],
+                       state_dict: Mapping[str, Any],
+                       genotype: darts.Genotype = darts.DARTS_V2, *,
+                       init_channels: int = 48, layers: int = 14,
+                       batch_size: int = 1, seed: int = 0
+                       ) -> dict[str, tuple[float, float]]:
+  """Largest ``(abs, rel)`` difference per gate site and at ``logits``.
+
+  Runs darmo's PyTorch network with ``state_dict`` and the Flax network with
+  ``variables`` on the same random 224-px images; ``rel`` is
+  ``max |flax - torch| / max |torch|``. JAX runs at the highest matmul
+  precision.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+
+  num_classes = int(variables["params"]["classifier"]["kernel"].shape[1])
+  torch_model = darmo_network_module().NetworkImageNet(
+      init_channels, num_classes, layers, False, genotype, False)
+  tensors = {key: torch.as_tensor(np.asarray(value))
+             for key, value in torch_utils.strip_prefix(
+                 dict(state_dict), "module.").items()
+             if not key.startswith(IGNORED_PREFIXES)
+             and not key.endswith("num_batches_tracked")}
+  result = torch_model.load_state_dict(tensors, strict=False)
+  missing = [k for k in result.missing_keys
+             if not k.endswith("num_batches_tracked")]
+  if missing or result.unexpected_keys:
+    raise torch_utils.ConversionError(
+        f"darmo's NetworkImageNet rejects the state_dict: missing {missing}, "
+        f"unexpected {result.unexpected_keys}")
+  torch_model.eval()
+
+  site_modules = [torch_model.stem0, torch_model.stem1, *torch_model.cells]
+  torch_sites: dict[str, np.ndarray] = {}
+  handles = []
+  for index, site_module in enumerate(site_modules):
+    def hook(module, inputs, output, site=f"site{index:02d}"):
+      del module, inputs
+      # clone: stem1 starts with an in-place ReLU on stem0's output.
+      torch_sites[site] = output.detach().clone().permute(0, 2, 3, 1).numpy()
+    handles.append(site_module.register_forward_hook(hook))
+  images = np.random.default_rng(seed).standard_normal(
+      (batch_size, 224, 224, 3)).astype(np.float32)
+  try:
+    with torch.no_grad():
+      torch_logits = torch_model(
+          torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+  finally:
+    for handle in handles:
+      handle.remove()
+
+  module = darts.DartsImageNet(num_classes=num_classes, genotype=genotype,
+                               init_channels=init_channels, layers=layers)
+  with jax.default_matmul_precision("highest"):
+    logits, activations = jax.jit(module.apply)(variables, images)
+  differences = {}
+  pairs = [(site, activations[site], torch_sites[site])
+           for site in module.gate_sites()]
+  pairs.append(("logits", logits, torch_logits))
+  for name, ours, theirs in pairs:
+    ours = np.asarray(ours)
+    if ours.shape != theirs.shape:
+      raise ValueError(f"{name}: Flax shape {ours.shape} != torch shape "
+                       f"{theirs.shape}")
+    abs_diff = float(np.max(np.abs(ours - theirs)))
+    differences[name] = (abs_diff,
+                         abs_diff / max(float(np.max(np.abs(theirs))), 1e-30))
+  return differences
+
+
 def _verify(output_dir: str, variables: Mapping[str, Any],
-            num_classes: int) -> None:
-  """Reloads the checkpoint, compares it and runs one forward pass."""
+            state_dict: Mapping[str, Any]) -> None:
+  """Reloads the checkpoint bit-exactly, then compares with darmo."""
   restored, _ = params_io.load_variables(output_dir, expect_arch=ARCH)
   written = dict(_flatten(dict(variables)))
   read = dict(_flatten(dict(restored)))
@@ -243,15 +352,16 @@ def _verify(output_dir: str, variables: Mapping[str, Any],
   for path, value in written.items():
     if not np.array_equal(value, read[path]):
       raise RuntimeError(f"verify: {'/'.join(path)} differs after reloading")
-  module = darts.DartsImageNet(num_classes=num_classes)
-  images = jax.random.normal(jax.random.key(0), (1, 224, 224, 3))
-  logits, activations = jax.jit(module.apply)(restored, images)
-  if logits.shape != (1, num_classes) or not np.all(np.isfinite(logits)):
-    raise RuntimeError(f"verify: forward pass gave logits of shape "
-                       f"{logits.shape} with non-finite values")
-  print(f"verify: reloaded {len(read)} arrays bit-exactly; forward pass on "
-        f"a random image gives finite logits {logits.shape} and "
-        f"{len(activations)} gate sites")
+  print(f"verify: reloaded {len(read)} arrays bit-exactly")
+  try:
+    differences = compare_with_darmo(restored, state_dict)
+  except ModuleNotFoundError as e:
+    print(f"verify: skipped the PyTorch comparison ({e})")
+    return
+  print("verify: against darmo's PyTorch NetworkImageNet, one random image")
+  print(f"{'site':>8} {'max abs diff':>14} {'max rel diff':>14}")
+  for site, (abs_diff, rel_diff) in differences.items():
+    print(f"{site:>8} {abs_diff:14.3e} {rel_diff:14.3e}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--force", action="store_true",
                       help="overwrite an existing output directory")
   parser.add_argument("--verify", action="store_true",
-                      help="reload the output and run one forward pass")
+                      help="reload the output; compare with darmo's PyTorch "
+                           "network on a random image if darmo is installed")
   args = parser.parse_args(argv)
   try:
     meta = convert_file(args.input, args.output, force=args.force,
