@@ -173,9 +173,12 @@ def test_parity_with_pytorch_darts_v2(reference, tmp_path):
   assert any(k.startswith("auxiliary_head.") for k in state_dict)
   wrapped = tmp_path / "model.pt"
   torch.save({"state_dict": state_dict, "epoch": 250}, wrapped)
+  # DataParallel prefixes, in the pre-1.6 (non-zip) file format of the
+  # published 2018 checkpoint.
   prefixed = tmp_path / "model_dp.pt"
-  torch.save({"state_dict": {f"module.{k}": v for k, v in state_dict.items()}},
-             prefixed)
+  torch.save({"state_dict": {f"module.{k}": v for k, v in state_dict.items()},
+              "best_acc_top1": 73.3},
+             prefixed, _use_new_zipfile_serialization=False)
 
   out_dir = tmp_path / "darts_v2"
   meta = convert_darts.convert_file(str(wrapped), str(out_dir))
