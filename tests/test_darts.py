@@ -37,7 +37,8 @@ _DARMO_STUB = "_darmo_reference"
 def _darmo_dir() -> str:
   spec = importlib.util.find_spec("darmo")  # does not run darmo/__init__.py
   if spec is None or not spec.submodule_search_locations:
-    pytest.skip("the PyTorch reference needs darmo: pip install --no-deps darmo")
+    pytest.skip("the PyTorch reference needs darmo: "
+                "pip install --no-deps darmo")
   return list(spec.submodule_search_locations)[0]
 
 
