@@ -96,3 +96,14 @@ for _arch, _files in _TORCHVISION_FILES.items():
       f"FILE.pth --output ckpt/{_arch} (needs torch; add --verify to compare "
       f"with torchvision) and pass --config.model.checkpoint=ckpt/{_arch}.")
 del _arch, _files
+
+# pylint: disable-next=wrong-import-position
+from nad_jax.models import darts
+
+_register(darts.MODELS)
+CHECKPOINT_HELP["darts_v2"] = (
+    "nad-jax never downloads weights. Convert the DARTS ImageNet checkpoint "
+    "(a PyTorch file with the DARTS reference keys stem0.*, cells.*, "
+    "classifier.*) once with: python weights_conversion/convert_darts.py "
+    "--input model.pt --output ckpt/darts_v2 (needs torch; add --verify) and "
+    "pass --config.model.checkpoint=ckpt/darts_v2.")
