@@ -13,6 +13,7 @@ from collections.abc import Callable
 import ml_collections
 
 from nad_jax.data import classes
+from nad_jax.data import demo
 from nad_jax.data import folder
 from nad_jax.data import tfds_source
 
@@ -39,7 +40,13 @@ def _build_folder(config: ml_collections.ConfigDict, cache_dir: str):
       num_workers=config.data.num_workers)
 
 
+def _build_demo(config: ml_collections.ConfigDict, cache_dir: str):
+  del cache_dir  # generated in memory in a few seconds
+  return demo.build_demo_dataset(config)
+
+
 DATASET_BUILDERS: dict[str, Callable] = {
+    "demo": _build_demo,
     "tfds": _build_tfds,
     "folder": _build_folder,
 }

@@ -107,3 +107,12 @@ CHECKPOINT_HELP["darts_v2"] = (
     "classifier.*) once with: python weights_conversion/convert_darts.py "
     "--input model.pt --output ckpt/darts_v2 (needs torch; add --verify) and "
     "pass --config.model.checkpoint=ckpt/darts_v2.")
+
+from nad_jax.models import demo_nets  # pylint: disable=g-import-not-at-top
+
+_register(demo_nets.MODELS)
+for _name in demo_nets.MODELS:
+  DEFAULT_CHECKPOINTS[_name] = demo_nets.weights_path(_name)
+  CHECKPOINT_HELP[_name] = ("The demo weights ship in nad_jax/assets/"
+                            "demo_weights; remake them with `python -m "
+                            "nad_jax.train_demo --all`.")
