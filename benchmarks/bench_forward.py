@@ -14,10 +14,12 @@ for Flax / NCHW for torch, batch 16 at 224x224 by default.
   Flax is timed twice: the contract's forward returning logits and every
   gate site's activation, and a jit returning only the logits.
 * peak memory: a thread samples the process RSS (psutil) every 2 ms during
-  the timed runs; reported is the peak minus the RSS just before them (the
-  working memory of a forward on top of weights and inputs). For Flax also
-  XLA's own ``memory_analysis()`` of the compiled forward (temporaries +
-  outputs).
+  the warm-up and the timed runs; reported is the peak minus the RSS just
+  before the warm-up (weights, inputs and, for Flax, the compiled program
+  already resident): the working memory of a forward. Heap the compiler
+  freed may be reused, so the Flax number can be an underestimate. For
+  Flax also XLA's own ``memory_analysis()`` of the compiled forward
+  (temporaries + outputs), as XLA reports it on CPU.
 
 Prints a markdown table (paste into benchmarks/RESULTS_networks.md).
 """
@@ -64,8 +66,10 @@ class RssSampler:
 
 
 def _time_runs(fn, runs: int) -> tuple[list[float], RssSampler]:
+  """Warm-up call, then ``runs`` timed calls; RSS sampled over all of them."""
   times = []
   with RssSampler() as sampler:
+    fn()  # warm-up (not timed)
     for _ in range(runs):
       start = time.perf_counter()
       fn()
@@ -91,7 +95,6 @@ def bench_flax(arch: str, batch_size: int, runs: int) -> dict:
     compiled = forward.lower(variables, images).compile()
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
-    jax.block_until_ready(compiled(variables, images))  # warm-up
     times, sampler = _time_runs(
         lambda: jax.block_until_ready(compiled(variables, images)), runs)
     results[variant] = {
@@ -111,7 +114,6 @@ def bench_torch(arch: str, batch_size: int, runs: int) -> dict:
   model = getattr(torchvision.models, arch)(weights=None).eval()
   images = torch.randn(batch_size, 3, 224, 224)
   with torch.no_grad():
-    model(images)  # warm-up
     times, sampler = _time_runs(lambda: model(images), runs)
   return {"framework": "torch", "arch": arch, "torch": torch.__version__,
           "threads": torch.get_num_threads(),
