@@ -190,6 +190,8 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any],
     state_dict = rename_old_densenet_keys(state_dict)
   if num_classes is None:
     num_classes = infer_num_classes(arch, state_dict) or 1000
+  if num_classes < 1:
+    raise ValueError(f"num_classes must be positive, got {num_classes}")
   try:
     return tu.convert_with_rules(state_dict, torchvision_rules(arch),
                                  _target_shapes(arch, num_classes),
