@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     variables, meta = convert_file(args.arch, args.input, args.output,
                                    args.num_classes, force=args.force)
-  except (FileNotFoundError, FileExistsError, tu.ConversionError) as e:
+  except (FileNotFoundError, FileExistsError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"wrote {args.output}: {meta}")
