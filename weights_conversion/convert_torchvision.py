@@ -190,6 +190,8 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any],
     state_dict = rename_old_densenet_keys(state_dict)
   if num_classes is None:
     num_classes = infer_num_classes(arch, state_dict) or 1000
+  if num_classes < 1:
+    raise ValueError(f"num_classes must be positive, got {num_classes}")
   try:
     return tu.convert_with_rules(state_dict, torchvision_rules(arch),
                                  _target_shapes(arch, num_classes),
@@ -379,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     variables, meta = convert_file(args.arch, args.input, args.output,
                                    args.num_classes, force=args.force)
-  except (FileNotFoundError, FileExistsError, tu.ConversionError) as e:
+  except (FileNotFoundError, FileExistsError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"wrote {args.output}: {meta}")
