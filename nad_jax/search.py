@@ -320,6 +320,7 @@ def disentangle(
   step_fn = step_fn or make_search_step(model, objective, optimizer)
 
   steps_this_call = 0
+  last_saved = total_step
   num_chunks_left = -(-int(np.sum(~state["done"])) // k)
   chunk_number = 0
   while not np.all(state["done"]):
@@ -374,10 +375,12 @@ def disentangle(
         _write_back(state, rows, real, gate_logits, opt_state, stable, step,
                     num_steps, patience)
         checkpointer.save(total_step, state, meta)
+        last_saved = total_step
     _write_back(state, rows, real, gate_logits, opt_state, stable, step,
                 num_steps, patience)
-    if checkpointer is not None:
+    if checkpointer is not None and total_step != last_saved:
       checkpointer.save(total_step, state, meta)
+      last_saved = total_step
   if checkpointer is not None:
     checkpointer.wait()
     checkpointer.close()
