@@ -73,6 +73,42 @@ def _register(module_models: dict[str, type]) -> None:
 # Model modules: each defines MODELS (and may fill DEFAULT_CHECKPOINTS /
 # CHECKPOINT_HELP). Add new ones here.
 # pylint: disable-next=wrong-import-position
+from nad_jax.models import densenet, resnet, vgg
+
+_register(vgg.MODELS)
+_register(resnet.MODELS)
+_register(densenet.MODELS)
+
+# The torchvision ImageNet weight files (from the torchvision model docs).
+_TORCHVISION_FILES = {
+    "vgg16": "vgg16-397923af.pth",
+    "resnet50": "resnet50-0676ba61.pth (IMAGENET1K_V1) or "
+                "resnet50-11ad3fa6.pth (IMAGENET1K_V2)",
+    "densenet121": "densenet121-a639ec97.pth",
+}
+for _arch, _files in _TORCHVISION_FILES.items():
+  CHECKPOINT_HELP[_arch] = (
+      f"nad-jax never downloads weights. Get the torchvision {_arch} ImageNet "
+      f"checkpoint ({_files}; torchvision's download URL or cache "
+      f"~/.cache/torch/hub/checkpoints/) or a Places365 {_arch} state_dict "
+      f"with 365 classes, then convert it once with: python "
+      f"weights_conversion/convert_torchvision.py --arch {_arch} --input "
+      f"FILE.pth --output ckpt/{_arch} (needs torch; add --verify to compare "
+      f"with torchvision) and pass --config.model.checkpoint=ckpt/{_arch}.")
+del _arch, _files
+
+# pylint: disable-next=wrong-import-position
+from nad_jax.models import darts
+
+_register(darts.MODELS)
+CHECKPOINT_HELP["darts_v2"] = (
+    "nad-jax never downloads weights. Convert the DARTS ImageNet checkpoint "
+    "(a PyTorch file with the DARTS reference keys stem0.*, cells.*, "
+    "classifier.*) once with: python weights_conversion/convert_darts.py "
+    "--input model.pt --output ckpt/darts_v2 (needs torch; add --verify) and "
+    "pass --config.model.checkpoint=ckpt/darts_v2.")
+
+# pylint: disable-next=wrong-import-position
 from nad_jax.models import demo_nets
 
 _register(demo_nets.MODELS)

@@ -1,0 +1,60 @@
+"""NAD on DARTS-Net (DARTS_V2, ImageNet) with the paper's hyperparameters.
+
+First convert the DARTS ImageNet checkpoint (nothing is ever downloaded)::
+
+  python weights_conversion/convert_darts.py --input model.pt \\
+      --output ~/nad_weights/darts_v2 --verify
+
+Then, ImageNet (tfds ``imagenet2012``; the archives go in ``manual_dir``)::
+
+  python -m nad_jax.main --config=configs/darts.py \\
+      --config.model.checkpoint=~/nad_weights/darts_v2 --workdir=/tmp/nad_darts
+
+Places365 (tfds ``places365_small``, 365 classes) needs a checkpoint with a
+365-way classifier (no public DARTS one exists; convert your own)::
+
+  python -m nad_jax.main --config=configs/darts.py:places365 \\
+      --config.model.checkpoint=DIR --workdir=/tmp/nad_darts_places
+
+Hyperparameters (NAD_FACTS section 3): paper alpha 0.1 / 0.3, lambda
+0.3 / 0.19; the authors' code's beta 0.45 / 0.20 (ImageNet / Places365);
+16 images per step, RandomResizedCrop training augmentation. The run
+produces the 16-site paths (stems and the 14 cells), path similarities,
+interpretability and the report under ``workdir``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from nad_jax import config_lib
+
+_DATASETS = {
+    # arg: (tfds name, classes, alpha, lambda, beta)
+    "imagenet": ("imagenet2012", 1000, 0.1, 0.3, 0.45),
+    "places365": ("places365_small", 365, 0.3, 0.19, 0.20),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """``arg``: ``imagenet`` (default) or ``places365``."""
+  dataset = arg or "imagenet"
+  if dataset not in _DATASETS:
+    raise ValueError(f"configs/darts.py: unknown dataset {dataset!r}; use "
+                     f"one of {sorted(_DATASETS)}")
+  tfds_name, num_classes, alpha, lam, beta = _DATASETS[dataset]
+
+  config = config_lib.base_config()
+  config.model.name = "darts_v2"
+  config.model.num_classes = num_classes
+  config.model.checkpoint = ""  # required: see the docstring.
+
+  config.data.source = "tfds"
+  config.data.name = tfds_name
+  config.data.augment = "random_resized_crop"
+
+  config.optim.alpha = alpha
+  config.objective.lam = lam
+  config.objective.beta = beta
+  config.search.batch_size = 16
+  return config
