@@ -7,7 +7,7 @@ each shipped demo network on the val split; and a search-like step, the
 gradient with respect to per-concept gate logits of a paper-style loss
 (squared distance to the original site activations and logits + L1 of the
 sigmoid gates), vmapped over K=16 concepts x B=16 images. The numbers go
-into benchmarks/RESULTS_demo.md by hand, with the machine and its load.
+into benchmarks/RESULTS.md (section 5) by hand, with the machine and its load.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ for Flax / NCHW for torch, batch 16 at 224x224 by default.
   Flax also XLA's own ``memory_analysis()`` of the compiled forward
   (temporaries + outputs), as XLA reports it on CPU.
 
-Prints a markdown table (paste into benchmarks/RESULTS_networks.md).
+Prints a markdown table (paste into benchmarks/RESULTS.md (section 4)).
 """
 
 from __future__ import annotations
