@@ -12,7 +12,10 @@ each config file gives its command line. Fields:
   dataset), ``data_dir``, ``manual_dir``, ``root`` (image folder),
   ``classes`` (``'all'``, or a comma-separated string / list of class ids or
   names), ``hierarchy`` (JSON file primary -> classes, optional), ``augment``
-  (``'none'`` or ``'random_resized_crop'``), ``num_workers``.
+  (``'none'`` or ``'random_resized_crop'``), ``num_workers``, ``labels``
+  (image folders: ``'position'`` = sorted folder index, ``'imagenet'`` =
+  ImageNet index of wnid folders, ``'auto'`` = ``'imagenet'`` when every
+  folder is a wnid and the network has 1000 classes).
 * ``objective``: ``name`` (``paper`` or ``official``), ``lam`` (paper's
   lambda), ``beta`` (official code's beta).
 * ``optim``: ``alpha``, the learning rate of the normalised SGD.
@@ -55,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.hierarchy = ""
   config.data.augment = "none"
   config.data.num_workers = 0
+  config.data.labels = "auto"
 
   config.objective = ml_collections.ConfigDict()
   config.objective.name = "paper"

@@ -34,10 +34,16 @@ def _build_folder(config: ml_collections.ConfigDict, cache_dir: str):
   if not config.data.root:
     raise ValueError("config.data.source='folder' needs config.data.root, the "
                      "folder holding train/<class>/ and val/<class>/")
+  labels = config.data.get("labels", "auto")
+  if labels == "auto":
+    # A 1000-class network on wnid folders predicts ImageNet indices.
+    labels = "imagenet" if (config.model.num_classes == 1000 and
+                            folder.all_imagenet_wnids(config.data.root)) \
+        else "position"
   return folder.FolderDataset(
       config.data.root, image_size=config.model.image_size,
       augment=config.data.augment, seed=config.seed,
-      num_workers=config.data.num_workers)
+      num_workers=config.data.num_workers, labels=labels)
 
 
 def _build_demo(config: ml_collections.ConfigDict, cache_dir: str):

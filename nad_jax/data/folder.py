@@ -11,7 +11,10 @@ class folders. Images are the files with an image extension
 other extensions are ignored. Decoding is PIL with ``convert('RGB')``
 (greyscale, palette, CMYK and alpha images become RGB). If all class folders
 are ImageNet wnids, ``class_names`` are the readable ImageNet names and the
-wnids are accepted as aliases.
+wnids are accepted as aliases. Labels (what the network must predict) are
+the folder positions, or with ``labels='imagenet'`` the ImageNet indices of
+wnid folders, for a folder holding a subset of ImageNet's classes run
+through a 1000-class network.
 
 Memory: the file lists (one path per image) plus one batch; nothing is
 cached.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import numpy as np
 from PIL import Image
 
 from nad_jax.data import classes
@@ -50,6 +54,16 @@ def list_images(class_dir: str) -> list[str]:
         and entry.name.lower().endswith(IMG_EXTENSIONS) and entry.is_file())
 
 
+def all_imagenet_wnids(root: str) -> bool:
+  """Whether every class folder of ``root/train`` is an ImageNet wnid."""
+  train = os.path.join(os.path.expanduser(root), "train")
+  if not os.path.isdir(train):
+    return False
+  names = [n for n in os.listdir(train) if not n.startswith(".")]
+  known = set(classes.imagenet_wnids())
+  return bool(names) and all(n in known for n in names)
+
+
 class FolderDataset(indexed.IndexedConceptDataset):
   """Images of ``root/{train,val}/<class>/``; see the module docstring.
 
@@ -68,7 +82,8 @@ class FolderDataset(indexed.IndexedConceptDataset):
   """
 
   def __init__(self, root: str, *, image_size: int = 224,
-               augment: str = "none", seed: int = 0, num_workers: int = 0):
+               augment: str = "none", seed: int = 0, num_workers: int = 0,
+               labels: str = "position"):
     root = os.path.expanduser(root)
     if not root or not os.path.isdir(root):
       raise FileNotFoundError(f"image folder root {root!r} "
@@ -117,6 +132,18 @@ class FolderDataset(indexed.IndexedConceptDataset):
     super().__init__(class_names, image_size=image_size, augment=augment,
                      seed=seed, num_workers=num_workers)
     self.wnids = wnids
+    if labels == "imagenet":
+      if wnids is None:
+        not_wnids = [d for d in self.class_dirs if d not in known][:5]
+        raise ValueError(
+            f"config.data.labels='imagenet' needs ImageNet wnid class "
+            f"folders in {root}; these are not: {not_wnids}")
+      index_of = {w: i for i, w in enumerate(classes.imagenet_wnids())}
+      self.label_of = np.asarray([index_of[w] for w in wnids], np.int32)
+    elif labels != "position":
+      raise ValueError(f"config.data.labels={labels!r}: use 'position' "
+                       f"(label = sorted folder index) or 'imagenet' "
+                       f"(label = ImageNet index of the wnid folder)")
     self.aliases = {name: i for i, name in enumerate(self.class_dirs)}
 
   def _count(self, split: str, class_id: int) -> int:

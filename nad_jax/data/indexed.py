@@ -62,6 +62,10 @@ class IndexedConceptDataset:
     self.seed = int(seed)
     self.num_workers = int(num_workers)
     self._bad: set[tuple[str, int, int]] = set()
+    # The network's output index of each class id (None: the class id
+    # itself). A folder of ImageNet wnid folders sets it so that a subset of
+    # ImageNet classes is labelled with ImageNet indices.
+    self.label_of: np.ndarray | None = None
     self._lock = threading.Lock()
     self._pool = None
 
@@ -156,9 +160,14 @@ class IndexedConceptDataset:
     size = self.image_size
     images = np.stack(images).reshape(len(class_ids), batch_size, size, size,
                                       3)
-    labels = np.repeat(np.asarray(class_ids, np.int32)[:, None], batch_size,
-                       axis=1)
+    labels = np.repeat(self._labels(class_ids)[:, None], batch_size, axis=1)
     return images, labels
+
+  def _labels(self, class_ids) -> np.ndarray:
+    class_ids = np.asarray(class_ids, np.int32)
+    if self.label_of is None:
+      return class_ids
+    return np.asarray(self.label_of, np.int32)[class_ids]
 
   def eval_batches(self, class_id: int, batch_size: int,
                    max_images: int | None = None
@@ -179,7 +188,8 @@ class IndexedConceptDataset:
       images = [image for image in self._map(tasks) if image is not None]
       if images:
         yield (np.stack(images),
-               np.full((len(images),), class_id, np.int32))
+               np.full((len(images),), self._labels([class_id])[0],
+                       np.int32))
 
   def close(self) -> None:
     """Stops the decoding threads (if any)."""
