@@ -29,32 +29,14 @@ import ml_collections
 
 from nad_jax import config_lib
 
-_DATASETS = {
-    # arg: (tfds name, classes, alpha, lambda, beta)
-    "imagenet": ("imagenet2012", 1000, 0.1, 0.3, 0.45),
-    "places365": ("places365_small", 365, 0.3, 0.19, 0.20),
+# dataset -> (paper alpha, paper lambda, code beta), NAD_FACTS section 3.
+_HPARAMS = {
+    "imagenet": (0.1, 0.3, 0.45),
+    "places365": (0.3, 0.19, 0.20),
 }
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """``arg``: ``imagenet`` (default) or ``places365``."""
-  dataset = arg or "imagenet"
-  if dataset not in _DATASETS:
-    raise ValueError(f"configs/darts.py: unknown dataset {dataset!r}; use "
-                     f"one of {sorted(_DATASETS)}")
-  tfds_name, num_classes, alpha, lam, beta = _DATASETS[dataset]
-
-  config = config_lib.base_config()
-  config.model.name = "darts_v2"
-  config.model.num_classes = num_classes
-  config.model.checkpoint = ""  # required: see the docstring.
-
-  config.data.source = "tfds"
-  config.data.name = tfds_name
-  config.data.augment = "random_resized_crop"
-
-  config.optim.alpha = alpha
-  config.objective.lam = lam
-  config.objective.beta = beta
-  config.search.batch_size = 16
-  return config
+  return config_lib.paper_network_config("darts_v2", arg, _HPARAMS,
+                                         "configs/darts.py")

@@ -30,31 +30,14 @@ import ml_collections
 
 from nad_jax import config_lib
 
-# dataset -> (num_classes, tfds name, alpha, lambda, beta, num_steps)
-_DATASETS = {
-    "imagenet": (1000, "imagenet2012", 0.1, 6.0, 4.5, 1700),
-    "places365": (365, "places365_small", 0.1, 6.0, 5.0, 6500),
+# dataset -> (paper alpha, paper lambda, code beta), NAD_FACTS section 3.
+_HPARAMS = {
+    "imagenet": (0.1, 6.0, 4.5),
+    "places365": (0.1, 6.0, 5.0),
 }
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """``arg``: ``imagenet`` (default) or ``places365``."""
-  dataset = arg or "imagenet"
-  if dataset not in _DATASETS:
-    raise ValueError(f"configs/vgg16.py: unknown dataset {dataset!r}; use one "
-                     f"of {sorted(_DATASETS)}")
-  num_classes, tfds_name, alpha, lam, beta, num_steps = _DATASETS[dataset]
-  config = config_lib.base_config()
-  config.model.name = "vgg16"
-  config.model.num_classes = num_classes
-  config.model.checkpoint = ""  # Required: a converted params checkpoint.
-  config.data.source = "tfds"
-  config.data.name = tfds_name
-  config.data.augment = "random_resized_crop"
-  config.objective.name = "paper"
-  config.objective.lam = lam
-  config.objective.beta = beta
-  config.optim.alpha = alpha
-  config.search.batch_size = 16
-  config.search.num_steps = num_steps
-  return config
+  return config_lib.paper_network_config("vgg16", arg, _HPARAMS,
+                                         "configs/vgg16.py")

@@ -87,3 +87,53 @@ def base_config() -> ml_collections.ConfigDict:
   config.compare = ()
   config.hparams_by_model = ml_collections.ConfigDict()
   return config
+
+
+# The paper's datasets: arg -> (tfds name, classes, search steps). The steps
+# follow the authors' 21 epochs over one class's training images at batch
+# 16: ImageNet ~1300 images per class -> ~1700 steps; Places365
+# (places365_small, ~4940 per class) -> ~6500 steps.
+PAPER_DATASETS = {
+    "imagenet": ("imagenet2012", 1000, 1700),
+    "places365": ("places365_small", 365, 6500),
+}
+
+
+def paper_network_config(
+    model_name: str, arg: str | None,
+    hparams: dict[str, tuple[float, float, float]],
+    config_file: str) -> ml_collections.ConfigDict:
+  """The config of one of the paper's networks on ImageNet or Places365.
+
+  Args:
+    model_name: a key of ``nad_jax.models.MODELS``.
+    arg: the config file's ``:arg``, ``imagenet`` (default) or
+      ``places365``.
+    hparams: dataset -> ``(alpha, lambda, beta)``: the paper's learning
+      rate and lambda and the authors' code's beta.
+    config_file: the calling file, for error messages.
+
+  Returns:
+    The base config with the model (no checkpoint: it must be given), the
+    tfds dataset, search-time augmentation, batch 16 and the step budget.
+  """
+  dataset = arg or "imagenet"
+  if dataset not in PAPER_DATASETS:
+    raise ValueError(f"{config_file}: unknown dataset {dataset!r}; use one "
+                     f"of {sorted(PAPER_DATASETS)}")
+  tfds_name, num_classes, num_steps = PAPER_DATASETS[dataset]
+  alpha, lam, beta = hparams[dataset]
+  config = base_config()
+  config.model.name = model_name
+  config.model.num_classes = num_classes
+  config.model.checkpoint = ""  # Required: a converted params checkpoint.
+  config.data.source = "tfds"
+  config.data.name = tfds_name
+  config.data.augment = "random_resized_crop"
+  config.objective.name = "paper"
+  config.objective.lam = lam
+  config.objective.beta = beta
+  config.optim.alpha = alpha
+  config.search.batch_size = 16
+  config.search.num_steps = num_steps
+  return config
