@@ -10,8 +10,8 @@ each config file gives its command line. Fields:
   ``image_size``.
 * ``data``: ``source`` (``demo``, ``tfds`` or ``folder``), ``name`` (tfds
   dataset), ``data_dir``, ``manual_dir``, ``root`` (image folder),
-  ``classes`` (``'all'``, or a comma-separated string / list of class ids or
-  names), ``hierarchy`` (JSON file primary -> classes, optional), ``augment``
+  ``classes`` (``'all'``, ``'hierarchy'`` (the classes of ``hierarchy``),
+  or a comma-separated string / list of class ids or names), ``hierarchy`` (JSON file primary -> classes, optional), ``augment``
   (``'none'`` or ``'random_resized_crop'``), ``num_workers``, ``labels``
   (image folders: ``'position'`` = sorted folder index, ``'imagenet'`` =
   ImageNet index of wnid folders, ``'auto'`` = ``'imagenet'`` when every

@@ -372,11 +372,11 @@ def disentangle(
         tick, tick_step = time.perf_counter(), step
       if checkpointer is not None and checkpoint_every and (
           total_step % checkpoint_every == 0):
-        _write_back(state, rows, real, gate_logits, opt_state, stable, step,
+        _write_back(state, rows, gate_logits, opt_state, stable, step,
                     num_steps, patience)
         checkpointer.save(total_step, state, meta)
         last_saved = total_step
-    _write_back(state, rows, real, gate_logits, opt_state, stable, step,
+    _write_back(state, rows, gate_logits, opt_state, stable, step,
                 num_steps, patience)
     if checkpointer is not None and total_step != last_saved:
       checkpointer.save(total_step, state, meta)
@@ -405,7 +405,7 @@ def _next_chunk(state, k):
   return same[:k]
 
 
-def _write_back(state, rows, real, gate_logits, opt_state, stable, step,
+def _write_back(state, rows, gate_logits, opt_state, stable, step,
                 num_steps, patience):
   """Copies the chunk's arrays into the run's state (real rows only)."""
   n = len(rows)
@@ -415,7 +415,6 @@ def _write_back(state, rows, real, gate_logits, opt_state, stable, step,
     full[rows] = np.asarray(chunk)[:n]
     return full
 
-  del real
   state["gate_logits"] = jax.tree.map(put, state["gate_logits"], gate_logits)
   state["opt_state"] = jax.tree.map(put, state["opt_state"], opt_state)
   state["stable_steps"][rows] = stable[:n]

@@ -90,3 +90,15 @@ def test_workdir_of_another_model_is_refused(tmp_path):
 def test_unknown_demo_variant():
   with pytest.raises(ValueError, match="unknown variant 'vgg19'"):
     _demo_config("vgg19")
+
+
+def test_classes_of_the_hierarchy():
+  from nad_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  config = _demo_config()
+  config.data.classes = "hierarchy"
+  dataset = data_lib.get_dataset(config, cache_dir="")
+  ids = data_lib.selected_classes(config, dataset)
+  # The demo's 4 primaries x 4 classes, primary by primary.
+  assert sorted(ids) == list(range(16))
+  assert [dataset.class_names[i].split("/")[0] for i in ids[:4]] == [
+      "round"] * 4

@@ -84,10 +84,17 @@ def get_dataset(config: ml_collections.ConfigDict, *, cache_dir: str):
 
 
 def selected_classes(config: ml_collections.ConfigDict, dataset) -> list[int]:
-  """Class ids of ``config.data.classes`` (``'all'``, ids, names, wnids).
+  """Class ids of ``config.data.classes`` (``'all'``, ids, names, wnids, or
+  ``'hierarchy'``: the classes of ``config.data.hierarchy``).
 
   Raises:
     ValueError: naming every unknown class.
   """
+  if config.data.classes == "hierarchy":
+    # The classes of the hierarchy, primary by primary (paper Fig. 7).
+    if not dataset.hierarchy:
+      raise ValueError("config.data.classes='hierarchy' needs a hierarchy: "
+                       "set config.data.hierarchy")
+    return [int(c) for ids in dataset.hierarchy.values() for c in ids]
   return classes.resolve_classes(config.data.classes, dataset.class_names,
                                  getattr(dataset, "aliases", None))
