@@ -24,7 +24,8 @@ each config file gives its command line. Fields:
   one step; more concepts are done in chunks), ``num_seeds`` (random
   initialisations per concept), ``patience`` (stop a chunk once no binary
   path changed for this many steps; 0 = off), ``checkpoint_every``,
-  ``log_every``.
+  ``log_every``, ``stop_after_steps`` (> 0: end this invocation after so
+  many steps, checkpointed; a rerun resumes; for time-limited jobs).
 * ``eval``: ``batch_size``, ``max_images_per_class`` (``None`` = all val).
 * ``report``: ``figures`` (write PNGs).
 * ``compare``: model names run one after another into ``workdir/<name>``
@@ -76,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.search.patience = 0
   config.search.checkpoint_every = 50
   config.search.log_every = 10
+  config.search.stop_after_steps = 0
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 64

@@ -7,6 +7,8 @@ A rerun with the same ``--workdir`` resumes from the newest checkpoint.
 
 from __future__ import annotations
 
+import logging as std_logging
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -22,10 +24,19 @@ _WORKDIR = flags.DEFINE_string("workdir", None,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _HideLibraryInfo(std_logging.Filter):
+  """Keeps Orbax's INFO chatter (a dozen lines per save) out of the log."""
+
+  def filter(self, record):
+    return record.levelno > std_logging.INFO or (
+        "/orbax/" not in record.pathname)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_HideLibraryInfo())
   pipeline.run(_CONFIG.value, _WORKDIR.value)
 
 

@@ -165,7 +165,7 @@ def run_network(config: ml_collections.ConfigDict,
       seed=config.seed, workdir=workdir, meta=meta,
       checkpoint_every=config.search.checkpoint_every,
       log_every=config.search.log_every,
-      stop_after_steps=config.search.get("stop_after_steps", 0))
+      stop_after_steps=config.search.stop_after_steps)
   if not np.all(result.done):
     logging.info("%s: search stopped early with %d of %d concepts done; "
                  "rerun with the same --workdir to resume.", name,
