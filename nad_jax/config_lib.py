@@ -22,8 +22,8 @@ each config file gives its command line. Fields:
 * ``search``: ``num_steps`` (step budget per concept), ``batch_size``
   (images per concept per step), ``concepts_per_step`` (concepts vmapped in
   one step; more concepts are done in chunks), ``num_seeds`` (random
-  initialisations per concept), ``patience`` (stop a chunk once no binary
-  path changed for this many steps; 0 = off), ``checkpoint_every``,
+  initialisations per concept), ``patience`` (a concept stops once none of
+  its binary paths changed for this many steps; 0 = off), ``checkpoint_every``,
   ``log_every``, ``stop_after_steps`` (> 0: end this invocation after so
   many steps, checkpointed; a rerun resumes; for time-limited jobs).
 * ``eval``: ``batch_size``, ``max_images_per_class`` (``None`` = all val).
