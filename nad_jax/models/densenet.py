@@ -32,23 +32,12 @@ import jax
 import jax.numpy as jnp
 
 from nad_jax.models import base
+from nad_jax.models import torch_layers
 
 GROWTH_RATE = 32
 BLOCK_CONFIG = (6, 12, 24, 16)
 BN_SIZE = 4
 NUM_INIT_FEATURES = 64
-BN_EPSILON = 1e-5
-
-
-def _batch_norm(name: str) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=True, momentum=0.9,
-                      epsilon=BN_EPSILON, name=name)
-
-
-def _max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-  """``nn.MaxPool2d(3, 2, padding=1)``: pads with -inf, floor mode."""
-  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
-  return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
 
 
 class DenseLayer(nn.Module):
@@ -56,9 +45,9 @@ class DenseLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nn.relu(_batch_norm("norm1")(x))
+    x = nn.relu(torch_layers.batch_norm("norm1")(x))
     x = nn.Conv(BN_SIZE * GROWTH_RATE, (1, 1), use_bias=False, name="conv1")(x)
-    x = nn.relu(_batch_norm("norm2")(x))
+    x = nn.relu(torch_layers.batch_norm("norm2")(x))
     return nn.Conv(GROWTH_RATE, (3, 3), padding=((1, 1), (1, 1)),
                    use_bias=False, name="conv2")(x)
 
@@ -83,7 +72,7 @@ class Transition(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nn.relu(_batch_norm("norm")(x))
+    x = nn.relu(torch_layers.batch_norm("norm")(x))
     x = nn.Conv(self.out_channels, (1, 1), use_bias=False, name="conv")(x)
     return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
@@ -129,14 +118,14 @@ class DenseNet121(nn.Module):
 
     x = nn.Conv(NUM_INIT_FEATURES, (7, 7), strides=(2, 2),
                 padding=((3, 3), (3, 3)), use_bias=False, name="conv0")(images)
-    x = nn.relu(_batch_norm("norm0")(x))
-    x = gate(_max_pool_3x3_s2(x))
+    x = nn.relu(torch_layers.batch_norm("norm0")(x))
+    x = gate(torch_layers.max_pool_3x3_s2(x))
     for i, num_layers in enumerate(BLOCK_CONFIG):
       x = DenseBlock(num_layers, name=f"denseblock{i + 1}")(x)
       if i != len(BLOCK_CONFIG) - 1:
         x = gate(x)
         x = gate(Transition(x.shape[-1] // 2, name=f"transition{i + 1}")(x))
-    x = gate(nn.relu(_batch_norm("norm5")(x)))
+    x = gate(nn.relu(torch_layers.batch_norm("norm5")(x)))
     x = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, name="classifier")(x)
     return logits, activations

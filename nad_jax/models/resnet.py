@@ -28,21 +28,10 @@ import jax
 import jax.numpy as jnp
 
 from nad_jax.models import base
+from nad_jax.models import torch_layers
 
 STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))  # (planes, blocks)
 EXPANSION = 4
-BN_EPSILON = 1e-5
-
-
-def _batch_norm(name: str) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=True, momentum=0.9,
-                      epsilon=BN_EPSILON, name=name)
-
-
-def _max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-  """``nn.MaxPool2d(3, 2, padding=1)``: pads with -inf, floor mode."""
-  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
-  return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
 
 
 class Bottleneck(nn.Module):
@@ -54,19 +43,19 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     out = nn.Conv(self.planes, (1, 1), use_bias=False, name="conv1")(x)
-    out = nn.relu(_batch_norm("bn1")(out))
+    out = nn.relu(torch_layers.batch_norm("bn1")(out))
     out = nn.Conv(self.planes, (3, 3), strides=(self.stride, self.stride),
                   padding=((1, 1), (1, 1)), use_bias=False, name="conv2")(out)
-    out = nn.relu(_batch_norm("bn2")(out))
+    out = nn.relu(torch_layers.batch_norm("bn2")(out))
     out = nn.Conv(self.planes * EXPANSION, (1, 1), use_bias=False,
                   name="conv3")(out)
-    out = _batch_norm("bn3")(out)
+    out = torch_layers.batch_norm("bn3")(out)
     identity = x
     if self.downsample:
       identity = nn.Conv(self.planes * EXPANSION, (1, 1),
                          strides=(self.stride, self.stride), use_bias=False,
                          name="downsample_0")(x)
-      identity = _batch_norm("downsample_1")(identity)
+      identity = torch_layers.batch_norm("downsample_1")(identity)
     return nn.relu(out + identity)
 
 
@@ -104,8 +93,8 @@ class ResNet50(nn.Module):
     activations: dict[str, jax.Array] = {}
     x = nn.Conv(64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
                 use_bias=False, name="conv1")(images)
-    x = nn.relu(_batch_norm("bn1")(x))
-    x = _max_pool_3x3_s2(x)
+    x = nn.relu(torch_layers.batch_norm("bn1")(x))
+    x = torch_layers.max_pool_3x3_s2(x)
     x = base.gate_site(x, gates, base.site_name(0), activations)
     for site, (name, planes, stride, downsample) in enumerate(block_layout(),
                                                               start=1):
