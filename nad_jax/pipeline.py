@@ -255,8 +255,8 @@ def _export_paths(workdir, result: search.SearchResult, class_names):
   np.savez_compressed(tmp, **arrays)
   os.replace(tmp, os.path.join(workdir, "paths.npz"))
   concepts = []
+  num_seeds = next(iter(result.gate_logits.values())).shape[1]
   for i, (class_id, name) in enumerate(zip(result.concept_ids, class_names)):
-    num_seeds = next(iter(result.gate_logits.values())).shape[1]
     concepts.append({
         "id": int(class_id), "name": name,
         "paths": [{site: np.flatnonzero(logits[i, s] > 0).tolist()

@@ -325,19 +325,10 @@ def compare_with_darmo(variables: Mapping[str, Any],
                                init_channels=init_channels, layers=layers)
   with jax.default_matmul_precision("highest"):
     logits, activations = jax.jit(module.apply)(variables, images)
-  differences = {}
   pairs = [(site, activations[site], torch_sites[site])
            for site in module.gate_sites()]
   pairs.append(("logits", logits, torch_logits))
-  for name, ours, theirs in pairs:
-    ours = np.asarray(ours)
-    if ours.shape != theirs.shape:
-      raise ValueError(f"{name}: Flax shape {ours.shape} != torch shape "
-                       f"{theirs.shape}")
-    abs_diff = float(np.max(np.abs(ours - theirs)))
-    differences[name] = (abs_diff,
-                         abs_diff / max(float(np.max(np.abs(theirs))), 1e-30))
-  return differences
+  return torch_utils.max_differences(pairs)
 
 
 def _verify(output_dir: str, variables: Mapping[str, Any],

@@ -344,18 +344,9 @@ def compare_with_torchvision(arch: str, variables: Mapping[str, Any],
   with jax.default_matmul_precision("highest"):
     logits, activations = jax.jit(model.apply)(
         variables, jnp.asarray(images.transpose(0, 2, 3, 1)))
-  differences = {}
   pairs = [(s, activations[s], torch_sites[s]) for s in torch_sites]
   pairs.append(("logits", logits, torch_logits))
-  for site, ours, theirs in pairs:
-    ours = np.asarray(ours)
-    if ours.shape != theirs.shape:
-      raise ValueError(f"{site}: Flax shape {ours.shape} != torch shape "
-                       f"{theirs.shape}")
-    abs_diff = float(np.max(np.abs(ours - theirs)))
-    rel_diff = abs_diff / max(float(np.max(np.abs(theirs))), 1e-30)
-    differences[site] = (abs_diff, rel_diff)
-  return differences
+  return tu.max_differences(pairs)
 
 
 # ----------------------------------------------------------------------------

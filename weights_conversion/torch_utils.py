@@ -341,3 +341,26 @@ def convert_with_rules(state_dict: Mapping[str, Any],
     raise ConversionError(
         _format_problems(source, missing, unexpected, mis_shaped, unfilled))
   return _unflatten(flat)
+
+
+def max_differences(pairs: Iterable[tuple[str, Any, np.ndarray]]
+                    ) -> dict[str, tuple[float, float]]:
+  """``{name: (max abs diff, max abs diff / max |torch|)}`` of Flax vs torch.
+
+  Args:
+    pairs: ``(name, flax array, torch array as numpy)`` with equal shapes
+      (Flax NHWC activations must already match the torch layout).
+
+  Raises:
+    ValueError: naming the first pair whose shapes differ.
+  """
+  differences = {}
+  for name, ours, theirs in pairs:
+    ours = np.asarray(ours)
+    if ours.shape != theirs.shape:
+      raise ValueError(f"{name}: Flax shape {ours.shape} != torch shape "
+                       f"{theirs.shape}")
+    abs_diff = float(np.max(np.abs(ours - theirs)))
+    differences[name] = (abs_diff,
+                         abs_diff / max(float(np.max(np.abs(theirs))), 1e-30))
+  return differences
