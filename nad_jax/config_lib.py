@@ -21,12 +21,27 @@ each config file gives its command line. Fields:
 * ``optim``: ``alpha``, the learning rate of the normalised SGD.
 * ``search``: ``num_steps`` (step budget per concept), ``batch_size``
   (images per concept per step), ``concepts_per_step`` (concepts vmapped in
-  one step; more concepts are done in chunks), ``num_seeds`` (random
+  one step, a number or ``'auto'``: the largest that fits in device memory,
+  see ``nad_jax.memory``; more concepts are done in chunks),
+  ``memory_limit_gb`` (device memory per device ``'auto'`` may plan for;
+  0 = what the device reports free, on a CPU the host's available memory),
+  ``compute_dtype`` (``'float32'`` or ``'bfloat16'``: the network's weights
+  and activations; gate logits, loss and update stay float32), ``remat``
+  (recompute the gated forward pass in the backward pass; costs a third
+  more FLOPs, see benchmarks/RESULTS.md), ``num_seeds`` (random
   initialisations per concept), ``patience`` (a concept stops once none of
   its binary paths changed for this many steps; 0 = off), ``checkpoint_every``,
   ``log_every``, ``stop_after_steps`` (> 0: end this invocation after so
   many steps, checkpointed; a rerun resumes; for time-limited jobs).
 * ``eval``: ``batch_size``, ``max_images_per_class`` (``None`` = all val).
+* ``distributed``: several processes (hosts) run one search, each on its
+  own devices and its own concepts' images (``nad_jax.distributed``,
+  docs/distributed.md). ``mode``: ``'auto'`` (start ``jax.distributed`` when
+  launched as several processes: SLURM ``srun`` with several tasks, Open
+  MPI, ``JAX_COORDINATOR_ADDRESS``, or ``coordinator_address`` below),
+  ``'on'`` (always; JAX detects SLURM, Open MPI and Cloud TPU VMs) or
+  ``'off'``; ``coordinator_address`` (``host:port`` of process 0),
+  ``num_processes``, ``process_id`` (all three for a manual launch).
 * ``report``: ``figures`` (write PNGs).
 * ``compare``: model names run one after another into ``workdir/<name>``
   with one combined report (the demo); empty = only ``model``.
@@ -36,6 +51,9 @@ each config file gives its command line. Fields:
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -72,7 +90,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.search = ml_collections.ConfigDict()
   config.search.num_steps = 100
   config.search.batch_size = 16
-  config.search.concepts_per_step = 8
+  # A number or 'auto' (any type: the command line gives 16 or auto).
+  config.search.concepts_per_step = config_dict.FieldReference(
+      8, field_type=object)
+  config.search.memory_limit_gb = 0.0
+  config.search.compute_dtype = "float32"
+  config.search.remat = False
   config.search.num_seeds = 1
   config.search.patience = 0
   config.search.checkpoint_every = 50
@@ -82,6 +105,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 64
   config.eval.max_images_per_class = ml_collections.config_dict.placeholder(int)
+
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.mode = "auto"
+  config.distributed.coordinator_address = ""
+  config.distributed.num_processes = 0
+  config.distributed.process_id = -1
 
   config.report = ml_collections.ConfigDict()
   config.report.figures = True

@@ -31,7 +31,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from nad_jax import config_lib
 from nad_jax import data as data_lib
+from nad_jax import distributed
 from nad_jax import evaluate
 from nad_jax import figures
 from nad_jax import metrics
@@ -60,7 +62,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.objective.name: unknown objective "
                      f"{config.objective.name!r}; known objectives: "
                      f"{sorted(objectives.OBJECTIVES)}")
-  for field in ("num_steps", "batch_size", "concepts_per_step", "num_seeds"):
+  concepts_per_step = config.search.concepts_per_step
+  if concepts_per_step != "auto" and not (
+      isinstance(concepts_per_step, int) and concepts_per_step > 0):
+    raise ValueError(f"config.search.concepts_per_step must be a positive "
+                     f"integer or 'auto', got {concepts_per_step!r}")
+  if config.search.compute_dtype not in config_lib.COMPUTE_DTYPES:
+    raise ValueError(f"config.search.compute_dtype: unknown dtype "
+                     f"{config.search.compute_dtype!r}; use one of "
+                     f"{config_lib.COMPUTE_DTYPES}")
+  if config.search.memory_limit_gb < 0:
+    raise ValueError(f"config.search.memory_limit_gb must be >= 0, got "
+                     f"{config.search.memory_limit_gb}")
+  for field in ("num_steps", "batch_size", "num_seeds"):
     if int(config.search[field]) <= 0:
       raise ValueError(f"config.search.{field} must be positive, got "
                        f"{config.search[field]}")
@@ -82,6 +96,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     row yet: rerun to resume it.
   """
   validate_config(config)
+  distributed.initialize(config.distributed)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   logging.info("JAX devices: %s", jax.devices())
@@ -94,7 +109,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       row = run_network(network_config, os.path.join(workdir, name))
       if row:
         rows.append(row)
-  if rows and config.compare:
+  if rows and config.compare and jax.process_index() == 0:
     extra = ""
     if config.report.figures:
       usage_png = figures.unit_usage_plot(
@@ -148,9 +163,15 @@ def run_network(config: ml_collections.ConfigDict,
   if result is None:
     return None
   class_names = [dataset.class_names[c] for c in concept_ids]
-  export_paths(workdir, result, class_names)
+  writer = jax.process_index() == 0  # of several processes, one writes
+  if writer:
+    export_paths(workdir, result, class_names)
   original_acc, path_acc = evaluate_paths(config, model, variables, dataset,
                                           concept_ids, result.paths)
+  if not writer:
+    logging.info("[process %d/%d] done; process 0 writes the outputs.",
+                 jax.process_index(), jax.process_count())
+    return None
   row = write_outputs(config, workdir, dataset, concept_ids, result,
                       original_acc, path_acc)
   logging.info("%s: I = %.4g, path accuracy %.1f%% (original %.1f%%), "
@@ -197,7 +218,10 @@ def search_paths(config: ml_collections.ConfigDict, workdir: str, model,
       seed=config.seed, workdir=workdir, meta=meta,
       checkpoint_every=config.search.checkpoint_every,
       log_every=config.search.log_every,
-      stop_after_steps=config.search.stop_after_steps)
+      stop_after_steps=config.search.stop_after_steps,
+      compute_dtype=config.search.compute_dtype,
+      remat=config.search.remat,
+      memory_limit_gb=config.search.memory_limit_gb)
   if not np.all(result.done):
     logging.info("%s: search stopped early with %d of %d concepts done; "
                  "rerun with the same --workdir to resume.", name,
@@ -209,13 +233,20 @@ def search_paths(config: ml_collections.ConfigDict, workdir: str, model,
 def evaluate_paths(config: ml_collections.ConfigDict, model, variables,
                    dataset, concept_ids: list[int],
                    paths: dict[str, np.ndarray]):
-  """``(original accuracy [N], path accuracy [N, S])`` on val images."""
+  """``(original accuracy [N], path accuracy [N, S])`` on val images.
+
+  Several processes evaluate every P-th concept each and gather.
+  """
   logging.info("=== %s: evaluating paths on validation images",
                config.model.name)
-  return evaluate.class_accuracies(
-      model, variables, dataset, concept_ids, paths,
+  rows = distributed.process_share(range(len(concept_ids)))
+  original, path_acc = evaluate.class_accuracies(
+      model, variables, dataset, [concept_ids[i] for i in rows],
+      {site: p[rows] for site, p in paths.items()},
       batch_size=config.eval.batch_size,
       max_images=config.eval.max_images_per_class)
+  return (distributed.gather_shares(original, len(concept_ids)),
+          distributed.gather_shares(path_acc, len(concept_ids)))
 
 
 def write_outputs(config: ml_collections.ConfigDict, workdir: str, dataset,

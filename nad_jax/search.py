@@ -51,6 +51,8 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nad_jax import checkpoint as checkpoint_lib
+from nad_jax import distributed
+from nad_jax import memory as memory_lib
 from nad_jax.data import base as data_base
 
 PyTree = Any
@@ -78,9 +80,52 @@ def init_gate_logits(seed: int, concept_ids: Sequence[int], num_seeds: int,
   return jax.tree.map(np.asarray, jax.vmap(one_concept)(ids))
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def cast_variables(variables: PyTree, compute_dtype) -> PyTree:
+  """The frozen variables for a forward pass in ``compute_dtype``.
+
+  Floating leaves of every collection except ``batch_stats`` are cast; the
+  BatchNorm statistics stay float32, so flax's BatchNorm normalises in
+  float32 and returns the compute dtype (``(x - mean) * rsqrt(var + eps)``
+  is then not rounded to bfloat16 before the scale). float32: unchanged.
+  """
+  compute_dtype = jnp.dtype(compute_dtype)
+  if compute_dtype == jnp.float32:
+    return variables
+
+  def cast(leaf):
+    if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+      return leaf
+    if isinstance(leaf, np.ndarray):  # stays on the host
+      return leaf.astype(compute_dtype)
+    return jnp.asarray(leaf, compute_dtype)
+
+  return {name: collection if name == "batch_stats" else
+          jax.tree.map(cast, collection)
+          for name, collection in variables.items()}
+
+
 def make_search_step(model, objective: Callable[..., Any],
-                     optimizer: optax.GradientTransformation) -> Callable:
+                     optimizer: optax.GradientTransformation, *,
+                     compute_dtype: Any = "float32",
+                     remat: bool = False) -> Callable:
   """The jitted, vmapped search step.
+
+  Args:
+    model: a module following ``nad_jax.models.base``.
+    objective: ``(gate_logits, ref_logits, ref_acts, gated_logits,
+      gated_acts, labels) -> (loss, aux)``.
+    optimizer: the gate update (optax).
+    compute_dtype: ``float32`` or ``bfloat16``: the dtype of the network's
+      weights (:func:`cast_variables`, done here too if the caller did not)
+      and activations. The gate logits, the gates' sigmoid, the objective
+      (its inputs are cast to float32 first), the gradient and the update
+      are float32 either way.
+    remat: recompute the gated forward pass and the objective in the
+      backward pass (``jax.checkpoint`` around the loss) instead of keeping
+      their intermediates from the forward pass.
 
   Returns:
     ``step(variables, chunk, images, labels, patience)`` ->
@@ -96,22 +141,32 @@ def make_search_step(model, objective: Callable[..., Any],
     binary path changed), ``valid`` (the objective took the batch) and
     ``active``, each ``[K, S]``.
   """
+  compute_dtype = jnp.dtype(compute_dtype)
+  if compute_dtype.name not in COMPUTE_DTYPES:
+    raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got "
+                     f"{compute_dtype.name!r}")
+
+  def forward(variables, images, gates):
+    logits, acts = model.apply(variables, images, gates=gates)
+    return jax.tree.map(lambda a: a.astype(jnp.float32), (logits, acts))
+
+  def loss_fn(gate_logits, variables, images, labels, ref_logits, ref_acts):
+    gates = jax.tree.map(jax.nn.sigmoid, gate_logits)
+    gated_logits, gated_acts = forward(variables, images, gates)
+    return objective(gate_logits, ref_logits, ref_acts, gated_logits,
+                     gated_acts, labels)
+
+  if remat:
+    loss_fn = jax.checkpoint(loss_fn)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def concept_step(variables, gate_logits, opt_state, active, images, labels):
-    ref_logits, ref_acts = model.apply(variables, images)
-    ref_logits = jax.lax.stop_gradient(ref_logits)
-    ref_acts = jax.lax.stop_gradient(ref_acts)
+    ref_logits, ref_acts = jax.lax.stop_gradient(
+        forward(variables, images, None))
 
     def seed_step(seed_gate_logits, seed_opt_state, seed_active):
-
-      def loss_fn(gl):
-        gates = jax.tree.map(jax.nn.sigmoid, gl)
-        gated_logits, gated_acts = model.apply(variables, images, gates=gates)
-        return objective(gl, ref_logits, ref_acts, gated_logits, gated_acts,
-                         labels)
-
-      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          seed_gate_logits)
+      (loss, aux), grads = grad_fn(seed_gate_logits, variables, images,
+                                   labels, ref_logits, ref_acts)
       updates, new_opt_state = optimizer.update(grads, seed_opt_state,
                                                 seed_gate_logits)
       new_gate_logits = optax.apply_updates(seed_gate_logits, updates)
@@ -132,6 +187,8 @@ def make_search_step(model, objective: Callable[..., Any],
   batched = jax.vmap(concept_step, in_axes=(None, 0, 0, 0, 0, 0))
 
   def step(variables, chunk, images, labels, patience):
+    variables = cast_variables(variables, compute_dtype)
+    images = images.astype(compute_dtype)
     stable = chunk["stable"]
     active = jnp.logical_or(patience <= 0, stable < patience)
     gate_logits, opt_state, metrics = batched(
@@ -262,7 +319,7 @@ def disentangle(
     optimizer: optax.GradientTransformation,
     num_steps: int,
     batch_size: int,
-    concepts_per_step: int,
+    concepts_per_step: int | str,
     num_seeds: int = 1,
     patience: int = 0,
     seed: int = 0,
@@ -273,6 +330,9 @@ def disentangle(
     trajectory_every: int = 0,
     stop_after_steps: int = 0,
     step_fn: Callable | None = None,
+    compute_dtype: str = "float32",
+    remat: bool = False,
+    memory_limit_gb: float = 0.0,
 ) -> SearchResult:
   """Finds the concept feature paths of ``concept_ids``.
 
@@ -287,7 +347,9 @@ def disentangle(
     num_steps: step budget per concept.
     batch_size: images per concept per step.
     concepts_per_step: K, concepts vmapped into one step (rounded up to a
-      multiple of the number of devices).
+      multiple of the number of this process's devices), or ``'auto'``: the
+      largest K whose compiled step fits in device memory
+      (``nad_jax.memory``; logged).
     num_seeds: random initialisations per concept.
     patience: stop a concept once its paths did not change for this many
       steps (0: use the whole budget).
@@ -305,7 +367,13 @@ def disentangle(
       stored run's interval.
     stop_after_steps: if > 0, return after this many steps of this call (a
       checkpoint is written; a rerun resumes). For time-boxed jobs and tests.
-    step_fn: a prebuilt :func:`make_search_step` (to share its compilation).
+    step_fn: a prebuilt :func:`make_search_step` (to share its compilation;
+      it must have been built with ``compute_dtype`` and ``remat``).
+    compute_dtype: ``'float32'`` or ``'bfloat16'``, the network's weights
+      and activations (see :func:`make_search_step`).
+    remat: recompute the gated forward pass in the backward pass.
+    memory_limit_gb: device memory per device that ``'auto'`` may plan
+      for (0: what the device reports free; see ``nad_jax.memory``).
 
   Returns:
     A :class:`SearchResult` for all ``concept_ids``.
@@ -328,10 +396,17 @@ def disentangle(
   # The step budget may have changed since the checkpoint was written.
   state["done"] = _is_done(state, num_steps, patience)
 
+  step_fn = step_fn or make_search_step(
+      model, objective, optimizer, compute_dtype=compute_dtype, remat=remat)
+  variables = cast_variables(variables, compute_dtype)
+  mesh = _concept_mesh()
+  if concepts_per_step == "auto":
+    concepts_per_step = 1 if np.all(state["done"]) else (
+        _auto_concepts_per_step(step_fn, variables, dataset, state,
+                                batch_size, mesh, memory_limit_gb))
   run = _Run(
-      model=model, dataset=dataset, step_fn=step_fn or make_search_step(
-          model, objective, optimizer),
-      mesh=_concept_mesh(), concepts_per_step=concepts_per_step,
+      model=model, dataset=dataset, step_fn=step_fn,
+      mesh=mesh, concepts_per_step=int(concepts_per_step),
       num_steps=int(num_steps), batch_size=int(batch_size),
       patience=int(patience), log_every=int(log_every),
       trajectory_every=int(meta["trajectory_every"]),
@@ -362,10 +437,15 @@ def _check_arguments(dataset, concept_ids, num_steps, batch_size,
                      concepts_per_step, num_seeds) -> list[int]:
   if num_steps <= 0:
     raise ValueError(f"num_steps must be positive, got {num_steps}")
-  if batch_size <= 0 or concepts_per_step <= 0 or num_seeds <= 0:
+  if concepts_per_step != "auto" and (
+      not isinstance(concepts_per_step, (int, np.integer))
+      or concepts_per_step <= 0):
+    raise ValueError(f"concepts_per_step must be a positive integer or "
+                     f"'auto', got {concepts_per_step!r}")
+  if batch_size <= 0 or num_seeds <= 0:
     raise ValueError(
-        f"batch_size ({batch_size}), concepts_per_step ({concepts_per_step}) "
-        f"and num_seeds ({num_seeds}) must be positive")
+        f"batch_size ({batch_size}) and num_seeds ({num_seeds}) must be "
+        f"positive")
   concept_ids = [int(c) for c in concept_ids]
   if not concept_ids:
     raise ValueError("no concepts to search")
@@ -376,7 +456,57 @@ def _check_arguments(dataset, concept_ids, num_steps, batch_size,
 
 
 def _concept_mesh() -> Mesh:
+  """Every device, of every process (``nad_jax.distributed``)."""
   return Mesh(np.asarray(jax.devices()), ("concepts",))
+
+
+def _log_prefix() -> str:
+  """``[process i/P] `` when several processes search, else nothing."""
+  if jax.process_count() == 1:
+    return ""
+  return f"[process {jax.process_index()}/{jax.process_count()}] "
+
+
+def _auto_concepts_per_step(step_fn, variables, dataset, state, batch_size,
+                            mesh, memory_limit_gb) -> int:
+  """The largest K whose compiled step fits (``nad_jax.memory``)."""
+  sharded = NamedSharding(mesh, PartitionSpec("concepts"))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  probe, _ = dataset.concept_batch(
+      distributed.process_share(state["concept_ids"])[:1], 0, batch_size)
+  image_shape = tuple(np.shape(probe)[1:])  # (B, H, W, 3)
+  num_seeds = state["stable_steps"].shape[1]
+
+  def spec(shape, dtype, sharding):
+    return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype),
+                                sharding=sharding)
+
+  variables_spec = jax.tree.map(
+      lambda x: spec(np.shape(x), jnp.result_type(x), replicated), variables)
+
+  def need(k):
+    per_concept = {"gate_logits": state["gate_logits"],
+                   "opt_state": state["opt_state"],
+                   "stable": state["stable_steps"],
+                   "sums": _zero_sums(1, num_seeds)}
+    chunk = jax.tree.map(
+        lambda x: spec((k,) + np.shape(x)[1:], x.dtype, sharded), per_concept)
+    compiled = step_fn.lower(
+        variables_spec, chunk, spec((k,) + image_shape, np.float32, sharded),
+        spec((k, batch_size), np.int32, sharded),
+        jax.ShapeDtypeStruct((), jnp.int32)).compile()
+    return memory_lib.StepMemory.of(compiled)
+
+  local = [d for d in mesh.devices.flat
+           if d.process_index == jax.process_index()]
+  pending = int(np.sum(~state["done"]))
+  decision = memory_lib.largest_k(
+      need, memory_lib.available(local, memory_limit_gb, variables),
+      step=mesh.devices.size, max_k=pending)
+  logging.info("%sconcepts_per_step='auto': %s", _log_prefix(),
+               decision.describe())
+  # Processes whose devices have less memory free decide for everyone.
+  return distributed.agree_on_min(decision.k)
 
 
 @dataclasses.dataclass
@@ -437,8 +567,8 @@ def _run_chunk(run: _Run, variables, state, rows: np.ndarray) -> None:
   real = np.arange(k) < len(rows)
   chunk_ids = state["concept_ids"][padded]
   step = int(state["steps_done"][rows[0]])
-  logging.info("Chunk %d/%d: concepts %s, from step %d of %d.",
-               run.chunk_number, run.num_chunks, chunk_ids[real].tolist(),
+  logging.info("%sChunk %d/%d: concepts %s, from step %d of %d.",
+               _log_prefix(), run.chunk_number, run.num_chunks, chunk_ids[real].tolist(),
                step, run.num_steps)
   num_seeds = state["stable_steps"].shape[1]
   chunk = jax.device_put({
@@ -451,12 +581,8 @@ def _run_chunk(run: _Run, variables, state, rows: np.ndarray) -> None:
   progress = _Progress(run, state, rows, step)
   in_flight = collections.deque()
   while step < run.num_steps and not run.out_of_budget():
-    images, labels = run.dataset.concept_batch(chunk_ids, step,
-                                               run.batch_size)
-    chunk, metrics = run.step_fn(
-        variables, chunk,
-        jax.device_put(np.asarray(images, np.float32), run.sharded),
-        jax.device_put(np.asarray(labels, np.int32), run.sharded), patience)
+    images, labels = _device_batch(run, chunk_ids, step)
+    chunk, metrics = run.step_fn(variables, chunk, images, labels, patience)
     step += 1
     run.total_step += 1
     run.steps_this_call += 1
@@ -470,7 +596,7 @@ def _run_chunk(run: _Run, variables, state, rows: np.ndarray) -> None:
     save = run.save_due()
     if not (record or logs or save or run.out_of_budget()):
       continue
-    host = jax.device_get(chunk)
+    host = distributed.gather(chunk)
     chunk = dict(chunk, sums=jax.device_put(_zero_sums(k, num_seeds),
                                             run.sharded))
     _write_back(state, rows, host, step, run)
@@ -486,6 +612,41 @@ def _run_chunk(run: _Run, variables, state, rows: np.ndarray) -> None:
       run.last_saved = run.total_step
     if stopped:
       break
+
+
+def _device_batch(run: _Run, chunk_ids: np.ndarray, step: int):
+  """The step's ``(images, labels)`` on the devices, concept-sharded.
+
+  With several processes each one reads only the concepts that land on its
+  own devices.
+  """
+  if jax.process_count() == 1:
+    images, labels = run.dataset.concept_batch(chunk_ids, step,
+                                               run.batch_size)
+    return (jax.device_put(np.asarray(images, np.float32), run.sharded),
+            jax.device_put(np.asarray(labels, np.int32), run.sharded))
+  k = len(chunk_ids)
+  loaded = {}
+  for index in run.sharded.addressable_devices_indices_map((k,)).values():
+    rows = range(k)[index[0]]
+    if (rows.start, rows.stop) not in loaded:
+      images, labels = run.dataset.concept_batch(
+          chunk_ids[rows.start:rows.stop], step, run.batch_size)
+      loaded[rows.start, rows.stop] = (np.asarray(images, np.float32),
+                                       np.asarray(labels, np.int32))
+  first = next(iter(loaded.values()))
+
+  def put(which):
+    shape = (k,) + first[which].shape[1:]
+
+    def shard(index):
+      rows = range(k)[index[0]]
+      return loaded[rows.start, rows.stop][which][(slice(None),)
+                                                  + tuple(index[1:])]
+
+    return jax.make_array_from_callback(shape, run.sharded, shard)
+
+  return put(0), put(1)
 
 
 def _zero_sums(k, num_seeds):
@@ -517,9 +678,9 @@ class _Progress:
     active = np.maximum(sums["active"][real], 1)
     left = (run.num_steps - step) + self.steps_after_chunk
     logging.info(
-        "  chunk %d/%d  step %4d/%d  loss %.4g  paths changed %3.0f%%  "
+        "%s  chunk %d/%d  step %4d/%d  loss %.4g  paths changed %3.0f%%  "
         "skipped batches %3.0f%%  active %3.0f%%  %.0f images*concepts/s  "
-        "ETA %s", run.chunk_number, run.num_chunks, step, run.num_steps,
+        "ETA %s", _log_prefix(), run.chunk_number, run.num_chunks, step, run.num_steps,
         float(np.sum(sums["loss"][real]) / np.sum(active)),
         100 * float(np.sum(sums["changed"][real]) / np.sum(active)),
         100 * (1 - float(np.sum(sums["valid"][real]) / np.sum(active))),

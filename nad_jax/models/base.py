@@ -60,12 +60,14 @@ def gate_site(
     if name not in gates:
       raise KeyError(f"gates has no entry for gate site {name!r}; "
                      f"it has {sorted(gates)}")
-    gate = jnp.asarray(gates[name], x.dtype)
+    gate = jnp.asarray(gates[name])
     if gate.shape != (x.shape[-1],):
       raise ValueError(
           f"gate for site {name!r} has shape {gate.shape}, expected "
           f"({x.shape[-1]},) for an activation of shape {x.shape}")
-    x = x * gate
+    # Multiplied in the gate's dtype (float32) and rounded to x's: under a
+    # bfloat16 network the gate gradient's sum over pixels stays float32.
+    x = (x * gate).astype(x.dtype)
   activations[name] = x
   return x
 
