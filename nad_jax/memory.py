@@ -17,8 +17,9 @@ devices whose compiled step fits in the memory a device has free.
   devices. A step may use :data:`HEADROOM` of it; the rest is left for the
   batches in flight and allocator fragmentation.
 * Search: compile for K = D and 2D (D = devices), extrapolate linearly to
-  the budget, compile that K to check, and shrink in proportion until it
-  fits (a few compiles). XLA's CPU figures match the process's measured
+  the budget and compile that K to check (three compiles; the need is
+  close to linear in K); if it does not fit, narrow the bracket with at
+  most five more compiles. XLA's CPU figures match the process's measured
   peak RSS (benchmarks/RESULTS.md); a GPU compiles another program, so the
   same network needs other amounts there.
 
@@ -36,6 +37,7 @@ import jax
 
 HEADROOM = 0.9
 GIB = 2**30
+_MAX_REFINEMENTS = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,15 +188,27 @@ def largest_k(need: Callable[[int], StepMemory], budget: Available, *,
   per_step = max(checked[2 * step].total - checked[step].total, 1)
   fixed = checked[step].total - per_step
   candidate = min(max_k, (budget.bytes - fixed) // per_step * step)
-  for _ in range(4):
-    if candidate <= best:
+  if candidate <= best:
+    return Decision(best, budget, checked)
+  checked[candidate] = need(candidate)
+  if checked[candidate].total <= budget.bytes:
+    return Decision(candidate, budget, checked)
+  # The need grows faster than linearly: narrow the bracket (fits, does
+  # not fit), alternating interpolation and bisection, a few compiles.
+  low, high = best, candidate
+  for attempt in range(_MAX_REFINEMENTS):
+    if high - low <= step:
       break
-    checked[candidate] = need(candidate)
-    total = checked[candidate].total
-    if total <= budget.bytes:
-      best = candidate
-      break
-    # Shrink in proportion to the overshoot of the variable part.
-    shrunk = int((budget.bytes - fixed) / (total - fixed) * candidate)
-    candidate = min(candidate - step, shrunk // step * step)
-  return Decision(best, budget, checked)
+    if attempt % 2 == 0:
+      n_low, n_high = checked[low].total, checked[high].total
+      guess = low + (budget.bytes - n_low) * (high - low) // max(
+          n_high - n_low, 1)
+    else:
+      guess = (low + high) // 2
+    guess = min(max(guess // step * step, low + step), high - step)
+    checked[guess] = need(guess)
+    if checked[guess].total <= budget.bytes:
+      low = guess
+    else:
+      high = guess
+  return Decision(low, budget, checked)

@@ -467,9 +467,14 @@ def _log_prefix() -> str:
   return f"[process {jax.process_index()}/{jax.process_count()}] "
 
 
-def _auto_concepts_per_step(step_fn, variables, dataset, state, batch_size,
-                            mesh, memory_limit_gb) -> int:
-  """The largest K whose compiled step fits (``nad_jax.memory``)."""
+def step_memory_fn(step_fn, variables, dataset, state, batch_size,
+                   mesh) -> Callable[[int], memory_lib.StepMemory]:
+  """``K -> memory`` of ``step_fn`` compiled for K concepts of ``state``.
+
+  Compiles for abstract arguments (nothing is placed on a device) with the
+  run's shardings, so the compilation of the K finally chosen is reused by
+  the search.
+  """
   sharded = NamedSharding(mesh, PartitionSpec("concepts"))
   replicated = NamedSharding(mesh, PartitionSpec())
   probe, _ = dataset.concept_batch(
@@ -483,12 +488,12 @@ def _auto_concepts_per_step(step_fn, variables, dataset, state, batch_size,
 
   variables_spec = jax.tree.map(
       lambda x: spec(np.shape(x), jnp.result_type(x), replicated), variables)
+  per_concept = {"gate_logits": state["gate_logits"],
+                 "opt_state": state["opt_state"],
+                 "stable": state["stable_steps"],
+                 "sums": _zero_sums(1, num_seeds)}
 
   def need(k):
-    per_concept = {"gate_logits": state["gate_logits"],
-                   "opt_state": state["opt_state"],
-                   "stable": state["stable_steps"],
-                   "sums": _zero_sums(1, num_seeds)}
     chunk = jax.tree.map(
         lambda x: spec((k,) + np.shape(x)[1:], x.dtype, sharded), per_concept)
     compiled = step_fn.lower(
@@ -497,6 +502,13 @@ def _auto_concepts_per_step(step_fn, variables, dataset, state, batch_size,
         jax.ShapeDtypeStruct((), jnp.int32)).compile()
     return memory_lib.StepMemory.of(compiled)
 
+  return need
+
+
+def _auto_concepts_per_step(step_fn, variables, dataset, state, batch_size,
+                            mesh, memory_limit_gb) -> int:
+  """The largest K whose compiled step fits (``nad_jax.memory``)."""
+  need = step_memory_fn(step_fn, variables, dataset, state, batch_size, mesh)
   local = [d for d in mesh.devices.flat
            if d.process_index == jax.process_index()]
   pending = int(np.sum(~state["done"]))

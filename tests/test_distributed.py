@@ -154,6 +154,7 @@ def _assert_same_outputs(workdir, one_process):
                              reference_metrics["path_accuracy"])
 
 
+@pytest.mark.slow  # the kill test below covers the same outputs
 def test_main_as_two_processes_equals_one(tmp_path, one_process):
   workdir = str(tmp_path)
   _wait(_start(_main_argv(workdir, 12), workdir), workdir)
@@ -201,6 +202,9 @@ def test_killed_processes_are_resumed_by_a_rerun(tmp_path, one_process):
     rerun = rerun.split("=== RERUN ===")[1]
     assert "Resuming the search" in rerun
     assert f"(step {killed_at})" in rerun
+    # Each process's progress line: its index, chunk, step, rate, ETA.
+    assert f"[process {index}/2]   chunk " in rerun
+    assert "images*concepts/s  ETA " in rerun
 
 
 def test_launch_detection():
