@@ -1,28 +1,93 @@
 #!/usr/bin/env bash
-# One-shot GPU checks (run on the lent GPU machine from the repo root):
+# Every GPU figure of issue 8 in one run (~8 minutes on one H100 or H200):
 #   bash benchmarks/gpu_check.sh OUTDIR
-# 1. the search-step benchmark (vmapped vs sequential) on the demo networks
-#    and on VGG16 / ResNet50 / DenseNet121 / DARTS-V2 with random weights at
-#    224x224, and 2. the whole demo run, timed. Results go to OUTDIR.
+# Writes into OUTDIR (at most 8 files):
+#   gpu.txt        card, driver, jax, and what was skipped for lack of time
+#   step_cost.txt  benchmarks/bench_step_cost.py: VGG16 at 224, 16 images,
+#                  K=1: step / bare forward (float32, bfloat16) and the
+#                  step's XLA memory with and without search.remat
+#   e2e.md         benchmarks/bench_e2e.py rows (markdown) per network:
+#                  bfloat16 and float32, device and host data pipelines,
+#                  concepts_per_step=auto planned for an 80 GB card
+#                  (--memory_limit_gb=80): image-steps/s, device step, MFU
+#                  against the bf16 matmul peak measured on this card, data
+#                  wait, host cores busy, peak memory, K, and the projected
+#                  1000-class x 1700-step wall time
+#   log_<network>.txt  the tail of each network's log
+# Data: an ImageNet-shaped folder of 500x375 JPEGs (quality 90), made by
+# benchmarks/make_synthetic_imagenet.py where present, else by
+# bench_e2e.py --generate_classes. Networks have random weights.
+# Environment: BUDGET_S (default 480) caps the whole run; NETWORKS
+# (default "vgg16 resnet50 densenet121 darts_v2"); STEPS (20 per chunk);
+# RUNS (default bfloat16:device:auto,bfloat16:host:auto,float32:device:auto);
+# STEP_COST=0 skips part 2.
 set -uo pipefail
 OUT=${1:-/tmp/gpu_out}
 mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
-R="$OUT/search_bench.md"
-for mk in demo_vgg:16 demo_vgg:64 demo_resnet:64 demo_densenet:64; do
-  timeout 100 python3 benchmarks/bench_search.py --model=${mk%:*} \
-    --concepts=${mk#*:} --results="$R" 2>&1 | grep -v '^W\|^I' | tail -1
+# Let JAX's pool use most of the card (auto K plans for 80 GB anyway).
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
+START=$(date +%s)
+DEADLINE=$((START + ${BUDGET_S:-480}))
+NETWORKS=${NETWORKS:-"vgg16 resnet50 densenet121 darts_v2"}
+STEPS=${STEPS:-20}
+RUNS=${RUNS:-bfloat16:device:auto,bfloat16:host:auto,float32:device:auto}
+DATA=${DATA:-/tmp/nad_synthetic_imagenet}
+left() { echo $((DEADLINE - $(date +%s))); }
+note() { echo "$*" | tee -a "$OUT/gpu.txt"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
+  | tee "$OUT/gpu.txt"
+python3 -c "import jax; print('jax', jax.__version__, jax.devices())" \
+  2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
+note "cores: $(nproc), commit $(git rev-parse --short HEAD 2>/dev/null), $(date -u)"
+
+# 1. Data: 256 classes x 48 images (K up to 128 x 2 chunks).
+if [ ! -d "$DATA/train" ]; then
+  if [ -f benchmarks/make_synthetic_imagenet.py ]; then
+    python3 benchmarks/make_synthetic_imagenet.py --out="$DATA" \
+      --classes=256 --per_class=48 > /dev/null 2>&1 || rm -rf "$DATA"
+  fi
+  if [ ! -d "$DATA/train" ]; then
+    python3 benchmarks/bench_e2e.py --generate_classes=256 \
+      --generate_per_class=48 --data_root="$DATA" > /dev/null 2>&1
+  fi
+fi
+note "data: $(find "$DATA/train" -name '*.jpg' | wc -l) train JPEGs in" \
+  "$(ls "$DATA/train" | wc -l) classes, $(du -sh "$DATA" | cut -f1)" \
+  "($(( $(date +%s) - START )) s)"
+
+# 2. Step cost in bare forwards, and remat's memory effect (VGG16).
+for args in "--compute_dtype=float32" "--compute_dtype=bfloat16" \
+            "--compute_dtype=bfloat16 --remat"; do
+  [ "${STEP_COST:-1}" = 0 ] && break
+  [ "$(left)" -lt 300 ] && { note "skipped step cost $args"; continue; }
+  timeout 90 python3 benchmarks/bench_step_cost.py --model=vgg16 \
+    --batch_size=16 --repeats=5 $args 2>&1 | grep -v '^[WI][0-9]' \
+    | tail -5 >> "$OUT/step_cost.txt"
 done
-start=$(date +%s)
-timeout 240 python3 -m nad_jax.main --config=configs/demo.py \
-  --workdir=/tmp/demo_gpu > "$OUT/demo_log.txt" 2>&1
-echo "demo exit $? in $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"
-cp /tmp/demo_gpu/report.md "$OUT/demo_report.md" 2>/dev/null
-tail -5 "$OUT/demo_log.txt"
-for m in vgg16 resnet50 densenet121 darts_v2; do
-  timeout 150 python3 benchmarks/bench_search.py --model=$m --random_weights \
-    --num_classes=1000 --image_size=224 --concepts=8 --batch_size=16 \
-    --repeats=3 --results="$R" 2>&1 | grep -v '^W\|^I' | tail -2
+
+# 3. End to end per network, the time left shared out.
+set -- $NETWORKS
+while [ $# -gt 0 ]; do
+  m=$1
+  budget=$(( $(left) / $# ))
+  if [ "$budget" -lt 45 ]; then
+    note "skipped $m: out of time"
+    shift
+    continue
+  fi
+  timeout "$budget" python3 benchmarks/bench_e2e.py --model="$m" \
+    --data_root="$DATA" --memory_limit_gb=80 --runs="$RUNS" \
+    --chunks=2 --steps="$STEPS" --log_every=10 --num_workers="$(nproc)" \
+    --results="$OUT/e2e.md" > "$OUT/log_$m.full" 2>&1
+  code=$?
+  [ $code -ne 0 ] && note "$m: exit $code after ${budget} s budget" \
+    "(rows written before the limit are in e2e.md)"
+  grep -v '^[WI][0-9]' "$OUT/log_$m.full" | tail -40 > "$OUT/log_$m.txt"
+  rm -f "$OUT/log_$m.full"
+  shift
 done
+note "total $(( $(date +%s) - START )) s"
+cat "$OUT/e2e.md" 2>/dev/null
