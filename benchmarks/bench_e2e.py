@@ -71,7 +71,7 @@ from nad_jax import search
 
 _MODEL = flags.DEFINE_string("model", "vgg16", "Model name.")
 _DTYPE = flags.DEFINE_enum("compute_dtype", "bfloat16",
-                           list(config_lib.COMPUTE_DTYPES), "Compute dtype.")
+                           list(search.COMPUTE_DTYPES), "Compute dtype.")
 _REMAT = flags.DEFINE_bool("remat", False, "search.remat.")
 _CONCEPTS = flags.DEFINE_string("concepts", "auto", "K: a number or auto.")
 _MEMORY_LIMIT = flags.DEFINE_float("memory_limit_gb", 0.0,

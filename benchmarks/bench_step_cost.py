@@ -102,12 +102,12 @@ def main(argv):
   step = search.make_search_step(model, objective, optimizer, **kwargs)
   gate_logits = jax.tree.map(jnp.asarray, search.init_gate_logits(
       0, [0], 1, model.gate_sites()))
-  zeros = lambda: jnp.zeros((1, 1), jnp.int32)  # pylint: disable=unnecessary-lambda-assignment
   chunk = {"gate_logits": gate_logits,
            "opt_state": jax.vmap(jax.vmap(optimizer.init))(gate_logits),
-           "stable": zeros(),
-           "sums": {"loss": jnp.zeros((1, 1)), "changed": zeros(),
-                    "valid": zeros(), "active": zeros()}}
+           "stable": jnp.zeros((1, 1), jnp.int32),
+           "sums": {"loss": jnp.zeros((1, 1)),
+                    **{name: jnp.zeros((1, 1), jnp.int32)
+                       for name in ("changed", "valid", "active")}}}
   patience = jnp.zeros((), jnp.int32)
   dtype = jnp.dtype(_DTYPE.value)
   forward = jax.jit(lambda v, x: model.apply(v, x.astype(dtype))[0])

@@ -20,7 +20,8 @@
 # Environment: BUDGET_S (default 480) caps the whole run; NETWORKS
 # (default "vgg16 resnet50 densenet121 darts_v2"); STEPS (20 per chunk);
 # RUNS (default bfloat16:device:auto,bfloat16:host:auto,float32:device:auto);
-# STEP_COST=0 skips part 2.
+# STEP_COST=0 skips part 2; GEN_CLASSES, GEN_PER_CLASS (256, 48) size the
+# generated data.
 set -uo pipefail
 OUT=${1:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -44,14 +45,17 @@ python3 -c "import jax; print('jax', jax.__version__, jax.devices())" \
 note "cores: $(nproc), commit $(git rev-parse --short HEAD 2>/dev/null), $(date -u)"
 
 # 1. Data: 256 classes x 48 images (K up to 128 x 2 chunks).
+CLASSES=${GEN_CLASSES:-256}
+PER_CLASS=${GEN_PER_CLASS:-48}
 if [ ! -d "$DATA/train" ]; then
   if [ -f benchmarks/make_synthetic_imagenet.py ]; then
     python3 benchmarks/make_synthetic_imagenet.py --out="$DATA" \
-      --classes=256 --per_class=48 > /dev/null 2>&1 || rm -rf "$DATA"
+      --classes="$CLASSES" --per_class="$PER_CLASS" > /dev/null 2>&1 \
+      || rm -rf "$DATA"
   fi
   if [ ! -d "$DATA/train" ]; then
-    python3 benchmarks/bench_e2e.py --generate_classes=256 \
-      --generate_per_class=48 --data_root="$DATA" > /dev/null 2>&1
+    python3 benchmarks/bench_e2e.py --generate_classes="$CLASSES" \
+      --generate_per_class="$PER_CLASS" --data_root="$DATA" > /dev/null 2>&1
   fi
 fi
 note "data: $(find "$DATA/train" -name '*.jpg' | wc -l) train JPEGs in" \

@@ -26,7 +26,8 @@ each config file gives its command line. Fields:
   ``memory_limit_gb`` (device memory per device ``'auto'`` may plan for;
   0 = what the device reports free, on a CPU the host's available memory),
   ``compute_dtype`` (``'float32'`` or ``'bfloat16'``: the network's weights
-  and activations; gate logits, loss and update stay float32), ``remat``
+  and activations during the search; gate logits, loss and update stay
+  float32, and the evaluation runs in float32), ``remat``
   (recompute the gated forward pass in the backward pass; costs a third
   more FLOPs, see benchmarks/RESULTS.md), ``num_seeds`` (random
   initialisations per concept), ``patience`` (a concept stops once none of
@@ -52,8 +53,6 @@ from __future__ import annotations
 
 import ml_collections
 from ml_collections import config_dict
-
-COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def base_config() -> ml_collections.ConfigDict:

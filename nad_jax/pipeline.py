@@ -31,7 +31,6 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from nad_jax import config_lib
 from nad_jax import data as data_lib
 from nad_jax import distributed
 from nad_jax import evaluate
@@ -67,10 +66,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       isinstance(concepts_per_step, int) and concepts_per_step > 0):
     raise ValueError(f"config.search.concepts_per_step must be a positive "
                      f"integer or 'auto', got {concepts_per_step!r}")
-  if config.search.compute_dtype not in config_lib.COMPUTE_DTYPES:
+  if config.search.compute_dtype not in search.COMPUTE_DTYPES:
     raise ValueError(f"config.search.compute_dtype: unknown dtype "
                      f"{config.search.compute_dtype!r}; use one of "
-                     f"{config_lib.COMPUTE_DTYPES}")
+                     f"{search.COMPUTE_DTYPES}")
   if config.search.memory_limit_gb < 0:
     raise ValueError(f"config.search.memory_limit_gb must be >= 0, got "
                      f"{config.search.memory_limit_gb}")

@@ -8,7 +8,15 @@ not baked into the compiled program as constants) and are closed over by the
 loss, which is differentiated with respect to the gate logits only.
 
 The concept axis is sharded over all devices (``jax.sharding``): each device
-runs ``K / num_devices`` concepts; the variables are replicated.
+runs ``K / num_devices`` concepts; the variables are replicated. With several
+processes (``nad_jax.distributed``) "all devices" are every process's: the
+processes step in lockstep, each reads only the images of the concepts on
+its own devices, and the host state is gathered at each look.
+
+The network computes in ``compute_dtype`` (float32 or bfloat16: weights and
+activations); gate logits, objective, gradient and update are float32.
+``concepts_per_step='auto'`` picks the largest K that fits in device memory
+(``nad_jax.memory``).
 
 More concepts than ``concepts_per_step`` are processed in chunks of K (the
 last one padded, so the step compiles once per shape). A concept stops after
@@ -30,7 +38,9 @@ value changed since the previous record and the share of units selected
 ``trajectory.npz``), so a user can see whether paths converged.
 
 Memory per step: K * S forward+backward passes of a batch of B images (all
-site activations kept for the backward pass) plus K reference forward passes.
+site activations kept for the backward pass) plus K reference forward passes
+(VGG16 at 224 px, float32: about 280 MiB per image on XLA's CPU backend;
+benchmarks/RESULTS.md section 7).
 """
 
 
@@ -347,8 +357,8 @@ def disentangle(
     num_steps: step budget per concept.
     batch_size: images per concept per step.
     concepts_per_step: K, concepts vmapped into one step (rounded up to a
-      multiple of the number of this process's devices), or ``'auto'``: the
-      largest K whose compiled step fits in device memory
+      multiple of the number of devices, of all processes), or ``'auto'``:
+      the largest K whose compiled step fits in device memory
       (``nad_jax.memory``; logged).
     num_seeds: random initialisations per concept.
     patience: stop a concept once its paths did not change for this many
@@ -580,8 +590,8 @@ def _run_chunk(run: _Run, variables, state, rows: np.ndarray) -> None:
   chunk_ids = state["concept_ids"][padded]
   step = int(state["steps_done"][rows[0]])
   logging.info("%sChunk %d/%d: concepts %s, from step %d of %d.",
-               _log_prefix(), run.chunk_number, run.num_chunks, chunk_ids[real].tolist(),
-               step, run.num_steps)
+               _log_prefix(), run.chunk_number, run.num_chunks,
+               chunk_ids[real].tolist(), step, run.num_steps)
   num_seeds = state["stable_steps"].shape[1]
   chunk = jax.device_put({
       "gate_logits": jax.tree.map(lambda x: x[padded], state["gate_logits"]),
@@ -692,7 +702,8 @@ class _Progress:
     logging.info(
         "%s  chunk %d/%d  step %4d/%d  loss %.4g  paths changed %3.0f%%  "
         "skipped batches %3.0f%%  active %3.0f%%  %.0f images*concepts/s  "
-        "ETA %s", _log_prefix(), run.chunk_number, run.num_chunks, step, run.num_steps,
+        "ETA %s", _log_prefix(), run.chunk_number, run.num_chunks, step,
+        run.num_steps,
         float(np.sum(sums["loss"][real]) / np.sum(active)),
         100 * float(np.sum(sums["changed"][real]) / np.sum(active)),
         100 * (1 - float(np.sum(sums["valid"][real]) / np.sum(active))),

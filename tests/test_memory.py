@@ -109,3 +109,17 @@ def test_auto_on_the_host_memory_takes_every_concept(caplog):
 def test_bad_concepts_per_step():
   with pytest.raises(ValueError, match="positive integer or 'auto'"):
     test_search._run([0], concepts_per_step="many")
+
+
+@pytest.mark.parametrize("value", ["many", 0, -2, 1.5])
+def test_config_refuses_bad_concepts_per_step(value):
+  from nad_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from nad_jax import pipeline  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  config.model.name = "demo_vgg"
+  config.search.concepts_per_step = value
+  with pytest.raises(ValueError, match="concepts_per_step must be a "
+                     "positive integer or 'auto'"):
+    pipeline.validate_config(config)
+  config.search.concepts_per_step = "auto"
+  pipeline.validate_config(config)

@@ -136,3 +136,18 @@ def test_bf16_matches_f32_on_vgg16_224():
   assert np.max(rel) < 2e-3, rel
   assert np.min(jaccard) > 0.99, jaccard
   assert np.min(flipped) > 0.1, flipped
+
+
+def test_unknown_compute_dtype_is_refused():
+  from nad_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from nad_jax import pipeline  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  config.model.name = "demo_vgg"
+  config.search.compute_dtype = "float16"
+  with pytest.raises(ValueError, match="compute_dtype: unknown dtype "
+                     "'float16'"):
+    pipeline.validate_config(config)
+  with pytest.raises(ValueError, match="compute_dtype must be one of"):
+    search.make_search_step(models.get_model("demo_vgg", num_classes=16),
+                            None, optim.nad_optimizer(0.1),
+                            compute_dtype="float16")
