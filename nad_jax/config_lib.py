@@ -28,6 +28,21 @@ each config file gives its command line. Fields:
   many steps, checkpointed; a rerun resumes; for time-limited jobs).
 * ``eval``: ``batch_size``, ``max_images_per_class`` (``None`` = all val).
 * ``report``: ``figures`` (write PNGs).
+* ``mode``: ``'search'`` (default: search, then evaluate and analyse) or
+  ``'analyze'`` (read the finished search in ``--workdir`` and run the
+  evaluation, if ``metrics.json`` lacks it, and every analysis, without
+  searching again).
+* ``analysis``: the analyses after the evaluation (``nad_jax.analyze``):
+  ``enabled``, ``seed``, ``mask_rate`` (share of top activation pixels,
+  0.1 as the authors' hit rate), ``num_mosaics`` (100),
+  ``mosaic_images_per_class``, ``mosaic_full_size`` (also score 2x2
+  mosaics at twice the input size, for networks that take any size),
+  ``random_draws`` (random same-size paths per concept), ``permutations``
+  (per permutation test), ``top_k``, ``authors_top_k_classes``,
+  ``cross_max_classes``, ``cross_images_per_class``,
+  ``max_images_per_class`` (``None`` = ``eval.max_images_per_class``),
+  ``map_classes`` (up to four classes for the activation-map mosaic),
+  ``images`` (comma-separated image files for activation maps).
 * ``compare``: model names run one after another into ``workdir/<name>``
   with one combined report (the demo); empty = only ``model``.
   ``hparams_by_model`` then gives each its ``alpha``, ``lam``, ``beta``.
@@ -86,8 +101,32 @@ def base_config() -> ml_collections.ConfigDict:
   config.report = ml_collections.ConfigDict()
   config.report.figures = True
 
+  config.mode = "search"
+  config.analysis = analysis_config()
+
   config.compare = ()
   config.hparams_by_model = ml_collections.ConfigDict()
+  return config
+
+
+def analysis_config() -> ml_collections.ConfigDict:
+  """``config.analysis`` defaults (``nad_jax.analyze`` reads them)."""
+  config = ml_collections.ConfigDict()
+  config.enabled = True
+  config.seed = 0
+  config.mask_rate = 0.1
+  config.num_mosaics = 100
+  config.mosaic_images_per_class = 16
+  config.mosaic_full_size = False
+  config.random_draws = 3
+  config.permutations = 999
+  config.top_k = 3
+  config.authors_top_k_classes = 100
+  config.cross_max_classes = 32
+  config.cross_images_per_class = 16
+  config.max_images_per_class = ml_collections.config_dict.placeholder(int)
+  config.map_classes = ""
+  config.images = ""
   return config
 
 

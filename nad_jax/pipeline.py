@@ -9,10 +9,14 @@ and tests call it directly. For each network it writes into its workdir:
   ``concept_ids``, ``class_names``) and ``paths.json`` (selected unit indices
   per concept, seed and site) for people outside JAX;
 * ``metrics.json`` (accuracies, similarity matrix, I, usage, hierarchy
-  scores), figures (PNG) and ``report.md`` / ``report.json``.
+  scores), figures (PNG) and ``report.md`` / ``report.json``;
+* the analyses (``nad_jax.analyze``: ``analyses.json``, ``analyses.npz``,
+  ``scores.csv``, ``per_class.csv``, figures) and ``report.html``.
 
 With ``config.compare`` (the demo) each named network runs into
-``workdir/<name>`` and ``workdir/report.md`` compares them.
+``workdir/<name>`` and ``nad_jax.compare`` compares the workdirs into
+``workdir/report.{html,md,json}``. ``config.mode='analyze'`` skips the
+search and analyses the finished search already in the workdir.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from nad_jax import analyze
+from nad_jax import compare
 from nad_jax import data as data_lib
 from nad_jax import evaluate
 from nad_jax import figures
@@ -35,6 +41,7 @@ from nad_jax import metrics
 from nad_jax import models
 from nad_jax import objectives
 from nad_jax import optim
+from nad_jax import html_report
 from nad_jax import report
 from nad_jax import search
 
@@ -68,6 +75,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.eval.batch_size <= 0:
     raise ValueError(f"config.eval.batch_size must be positive, got "
                      f"{config.eval.batch_size}")
+  analyze.validate_config(config)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -92,17 +100,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       if row:
         rows.append(row)
   if rows and config.compare:
-    extra = ""
-    if config.report.figures:
-      usage_png = figures.unit_usage_plot(
-          {row["model"]: row["usage_per_site"] for row in rows},
-          os.path.join(workdir, "unit_usage.png"))
-      extra = f"\n![unit usage per site]({os.path.basename(usage_png)})\n"
-    md, _ = report.write_report(rows, os.path.join(workdir, "report.md"),
-                                os.path.join(workdir, "report.json"),
-                                extra_md=extra + _settings_md(config),
-                                title="NAD report: demo networks compared")
-    logging.info("Report: %s", md)
+    outputs = compare.compare_workdirs(
+        [os.path.join(workdir, row["model"]) for row in rows], workdir,
+        title="NAD report: demo networks compared",
+        figures_enabled=config.report.figures)
+    logging.info("Report: %s", outputs["html"])
   return rows
 
 
@@ -149,6 +151,44 @@ def run_network(config: ml_collections.ConfigDict,
                name, len(site_channels), sum(site_channels.values()),
                len(concept_ids), config.search.num_seeds)
 
+  if config.mode == "analyze":
+    logging.info("=== %s: reading the finished search in %s", name, workdir)
+    selection = (None if str(config.data.classes).strip().lower() in
+                 ("", "all") else concept_ids)
+    result = analyze.load_search_result(workdir, site_channels, selection)
+    concept_ids = [int(c) for c in result.concept_ids]
+  else:
+    result = _search(config, model, variables, dataset, concept_ids, workdir)
+  if not np.all(result.done):
+    logging.info("%s: search stopped early with %d of %d concepts done; "
+                 "rerun with the same --workdir to resume.", name,
+                 int(np.sum(result.done)), len(result.done))
+    return None
+  class_names = [dataset.class_names[c] for c in concept_ids]
+  paths = result.paths  # {site: [N, S, C]}
+  _export_paths(workdir, result, class_names)
+
+  num_seeds = next(iter(paths.values())).shape[1]
+  stored = (analyze.stored_accuracies(workdir, concept_ids, num_seeds)
+            if config.mode == "analyze" else None)
+  if stored is not None:
+    logging.info("=== %s: accuracies read from metrics.json", name)
+    original_acc, path_acc = stored
+  else:
+    logging.info("=== %s: evaluating paths on validation images", name)
+    original_acc, path_acc = evaluate.class_accuracies(
+        model, variables, dataset, concept_ids, paths,
+        batch_size=config.eval.batch_size,
+        max_images=config.eval.max_images_per_class)
+  return _metrics_and_report(config, workdir, model, variables, dataset,
+                             concept_ids, class_names, paths, result,
+                             original_acc, path_acc, start)
+
+
+def _search(config, model, variables, dataset, concept_ids, workdir):
+  """The search stage: ``search.disentangle`` with the config's settings."""
+  name = config.model.name
+  site_channels = model.gate_sites()
   logging.info("=== %s: searching concept feature paths", name)
   meta = search.search_meta(
       name, site_channels, concept_ids, seed=config.seed,
@@ -166,21 +206,14 @@ def run_network(config: ml_collections.ConfigDict,
       checkpoint_every=config.search.checkpoint_every,
       log_every=config.search.log_every,
       stop_after_steps=config.search.stop_after_steps)
-  if not np.all(result.done):
-    logging.info("%s: search stopped early with %d of %d concepts done; "
-                 "rerun with the same --workdir to resume.", name,
-                 int(np.sum(result.done)), len(result.done))
-    return None
-  class_names = [dataset.class_names[c] for c in concept_ids]
-  paths = result.paths  # {site: [N, S, C]}
-  _export_paths(workdir, result, class_names)
+  return result
 
-  logging.info("=== %s: evaluating paths on validation images", name)
-  original_acc, path_acc = evaluate.class_accuracies(
-      model, variables, dataset, concept_ids, paths,
-      batch_size=config.eval.batch_size,
-      max_images=config.eval.max_images_per_class)
 
+def _metrics_and_report(config, workdir, model, variables, dataset,
+                        concept_ids, class_names, paths, result,
+                        original_acc, path_acc, start):
+  """Metrics, figures, analyses and reports of one network."""
+  name = config.model.name
   primary_of, primary_names = _primaries(dataset, concept_ids)
   seed_paths = {site: np.swapaxes(p, 0, 1) for site, p in paths.items()}
   similarity = metrics.path_similarity(seed_paths)  # [S, N, N]
@@ -197,10 +230,11 @@ def run_network(config: ml_collections.ConfigDict,
         original_acc, path_acc.mean(1),
         os.path.join(workdir, "precision_histogram.png"),
         title=f"{name}: per-class precision")
-  row = report.summarize_model(
-      name, seed_paths, path_acc.T, original_acc,
-      steps=int(np.max(result.steps_done)), primary_of=primary_of,
-      figures=figure_paths)
+  row = metrics.summary_row(
+      name, similarity, metrics.unit_usage(seed_paths), path_acc.T,
+      original_acc, steps=int(np.max(result.steps_done)),
+      primary_of=primary_of)
+  row["figures"] = figure_paths
   skipped = list(getattr(dataset, "skipped_files", []) or [])
   _write_json(os.path.join(workdir, "metrics.json"), {
       "row": row,
@@ -214,10 +248,19 @@ def run_network(config: ml_collections.ConfigDict,
       "steps_done": result.steps_done.tolist(),
       "skipped_files": skipped,
   })
+  summary_md = ""
+  if config.analysis.enabled:
+    logging.info("=== %s: analyses", name)
+    analysis = analyze.analyze_network(
+        config, workdir, model, variables, dataset, concept_ids, paths,
+        similarity=similarity, row=row, class_names=class_names,
+        primary_of=primary_of, primary_names=primary_names)
+    summary_md = html_report.summary_markdown(row, analysis)
   report.write_report([row], os.path.join(workdir, "report.md"),
                       os.path.join(workdir, "report.json"),
-                      extra_md=_settings_md(config, skipped),
+                      extra_md=summary_md + _settings_md(config, skipped),
                       title=f"NAD report: {name}")
+  html_report.write_network_report(workdir)
   logging.info("%s: I = %.4g, path accuracy %.1f%% (original %.1f%%), "
                "mean usage %.2f; done in %.0f s. Outputs in %s", name,
                row["interpretability"], 100 * row["mean_path_accuracy"],
@@ -247,7 +290,8 @@ def _primaries(dataset, concept_ids):
 def _export_paths(workdir, result: search.SearchResult, class_names):
   """``paths.npz`` and ``paths.json``, written atomically."""
   arrays = {"concept_ids": result.concept_ids,
-            "class_names": np.asarray(class_names)}
+            "class_names": np.asarray(class_names),
+            "steps_done": np.asarray(result.steps_done)}
   for site, logits in result.gate_logits.items():
     arrays[f"path/{site}"] = logits > 0
     arrays[f"gate_logits/{site}"] = logits
