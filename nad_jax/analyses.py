@@ -429,8 +429,8 @@ def wordnet_similarity(wnids: Sequence[str]) -> np.ndarray:
   """Wu-Palmer similarity of ImageNet classes in WordNet 3.0.
 
   ``2 d(lcs) / (d(a) + d(b))``, where d is the depth below ``entity``
-  (entity = 0; a synset's depth is its largest position on any of the
-  classes' hypernym paths) and lcs the deepest common ancestor. 1 on the
+  (entity = 0; a synset's depth is its largest position on any hypernym
+  path of the 1000 ImageNet classes) and lcs the deepest common ancestor. 1 on the
   diagonal. Vectorised over depth levels: one ``[K, V] @ [V, K]`` product
   per level.
 
@@ -445,12 +445,15 @@ def wordnet_similarity(wnids: Sequence[str]) -> np.ndarray:
   unknown = [w for w in wnids if w not in hypernym_paths]
   if unknown:
     raise ValueError(f"not ImageNet wnids: {unknown[:5]}")
+  # Depths over all 1000 classes' paths, so that a pair's similarity does
+  # not depend on which other classes are compared.
   depth: dict[str, int] = {}
-  for wnid in wnids:
-    for path in hypernym_paths[wnid]:
+  for paths_of_class in hypernym_paths.values():
+    for path in paths_of_class:
       for position, node in enumerate(path):
         depth[node] = max(depth.get(node, 0), position)
-  nodes = sorted(depth)
+  nodes = sorted({node for wnid in wnids for path in hypernym_paths[wnid]
+                  for node in path})
   column = {node: index for index, node in enumerate(nodes)}
   incidence = np.zeros((len(wnids), len(nodes)), np.float32)
   for row, wnid in enumerate(wnids):
