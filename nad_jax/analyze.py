@@ -633,7 +633,7 @@ def _activation_figures(config, model, variables, dataset, concept_ids, paths,
   labels = ["original network"] + [f"path: {class_names[i]}" for i in chosen]
   gate_sets.append({site: p[chosen[0], 0] for site, p in
                     random_paths.items()})
-  labels.append(f"random, size of {class_names[chosen[0]]}"[:40])
+  labels.append("random same-size path")
   inputs = []
   if len(tiles) == probes.NUM_QUADRANTS:
     mosaic = probes.tile_mosaic(np.stack(tiles))[None]
@@ -756,6 +756,10 @@ def score_table(row: Mapping[str, Any], result: Mapping[str, Any]
       ablation["removed"]["mean"], "percent",
       ablation["random_removed"]["mean"], "random same-size path removed",
       seed_std("necessity"))
+  add("interpretability_random_similarity",
+      "I with random same-size paths' M and the paths' own accuracies",
+      random_control["interpretability_nad_accuracy"]["mean"], "I",
+      row["interpretability"], "I of the NAD paths")
   add("mean_usage", "mean unit usage", row["mean_usage"], "fixed",
       std=seed_std("mean_usage"))
   add("mean_similarity", "mean path similarity M between classes",

@@ -639,7 +639,8 @@ def top_k_overlap_plot(overlaps: Mapping[str, np.ndarray], k: int,
   ax.set_xlabel(f"classes shared by the top-{k} similar paths and the "
                 f"top-{k} confusions")
   ax.set_ylabel("share of classes")
-  ax.legend(fontsize=8)
+  ax.set_ylim(0, 1.45 * max(ax.get_ylim()[1], 0.1))
+  ax.legend(fontsize=8, loc="upper right")
   ax.grid(alpha=0.3, axis="y")
   ax.set_title(title, fontsize=11)
   figure.tight_layout()

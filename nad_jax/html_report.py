@@ -107,15 +107,24 @@ def _missing(value) -> bool:
   return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def _no_negative_zero(text: str) -> str:
+  """``-0.00`` -> ``0.00``: a rounded tiny negative is shown as zero."""
+  return text[1:] if text.startswith("-") and not text.strip("-0.%") else text
+
+
+def _fixed(value, digits: int = 3) -> str:
+  return _no_negative_zero(f"{value:.{digits}f}")
+
+
 def format_value(value, unit: str) -> str:
   """A score as the report shows it (``percent``, ``I`` or ``fixed``)."""
   if _missing(value):
     return "n/a"
   if unit == "percent":
-    return f"{100 * value:.1f}%"
+    return _no_negative_zero(f"{100 * value:.1f}%")
   if unit == "I":
     return f"{value:.4g}"
-  return f"{value:.3f}"
+  return _fixed(value)
 
 
 def format_p(p_value) -> str:
@@ -129,10 +138,10 @@ def _difference(entry: Mapping[str, Any]) -> str:
   if _missing(value) or _missing(control):
     return ""
   if entry["unit"] == "percent":
-    return f"{100 * (value - control):+.1f} points"
-  if entry["unit"] == "I" and control > 0:
-    return f"{value / control:.3g}x the control"
-  return f"{value - control:+.3f}"
+    return _no_negative_zero(f"{100 * (value - control):+.1f}") + " points"
+  if entry["unit"] == "I":
+    return f"{value / control:.3g}x the control" if control > 0 else ""
+  return _no_negative_zero(f"{value - control:+.3f}")
 
 
 def _embed_png(path: str) -> str:
@@ -225,7 +234,11 @@ def summary_sentences(row: Mapping[str, Any],
       + f"; random same-size paths (their own accuracies, "
       f"{control['draws']} draws) give I = {random_i:.4g} ± "
       f"{control['interpretability']['std']:.2g}"
-      + (f" ({ratio})" if ratio else "") + ". The mean path similarity "
+      + (f" ({ratio})" if ratio else "")
+      + f"; random same-size paths' M with the paths' own accuracies gives "
+      f"I = {control['interpretability_nad_accuracy']['mean']:.4g} ± "
+      f"{control['interpretability_nad_accuracy']['std']:.2g}. The mean path "
+      f"similarity "
       f"between classes is {control['nad_mean_similarity']:.3f} "
       f"(random same-size paths {control['mean_similarity']:.3f}).")
   hierarchy = analysis.get("hierarchy")
@@ -236,20 +249,23 @@ def summary_sentences(row: Mapping[str, Any],
     random_ari = control.get("adjusted_rand_index", {}).get("mean")
     lines.append(
         f"Clustering M recovers the hierarchy's {hierarchy['num_primaries']} "
-        f"primary concepts with ARI {ari['observed']:.2f} (random "
-        f"relabelling {ari['null_mean']:.2f}, p = {format_p(ari['p_value'])}"
-        + (f"; random same-size paths {random_ari:.2f}"
+        f"primary concepts with ARI {_fixed(ari['observed'], 2)} (random "
+        f"relabelling {_fixed(ari['null_mean'], 2)}, p = "
+        f"{format_p(ari['p_value'])}"
+        + (f"; random same-size paths {_fixed(random_ari, 2)}"
            if not _missing(random_ari) else "")
-        + f"); cophenetic correlation {coph['observed']:.2f} (relabelled "
-        f"{coph['null_mean']:.2f}, p = {format_p(coph['p_value'])}); M is "
-        f"{gap['observed']:+.3f} higher within primaries than across "
-        f"(p = {format_p(gap['p_value'])}).")
+        + f"); cophenetic correlation {_fixed(coph['observed'], 2)} "
+        f"(relabelled {_fixed(coph['null_mean'], 2)}, p = "
+        f"{format_p(coph['p_value'])}); M is {_fixed(gap['observed'])} "
+        f"higher within primaries than across (relabelled "
+        f"{_fixed(gap['null_mean'])}, p = {format_p(gap['p_value'])}).")
   wordnet = analysis.get("wordnet")
   if wordnet:
     lines.append(
         f"M correlates with WordNet (Wu-Palmer) similarity at r = "
-        f"{wordnet['observed']:.3f} (random relabelling "
-        f"{wordnet['null_mean']:.3f}, p = {format_p(wordnet['p_value'])}).")
+        f"{_fixed(wordnet['observed'])} (random relabelling "
+        f"{_fixed(wordnet['null_mean'])}, p = "
+        f"{format_p(wordnet['p_value'])}).")
   top = analysis.get("top_k")
   if top:
     ours = top["ours"]
@@ -419,7 +435,9 @@ def _facts_html(row, analysis) -> str:
     facts += [["concepts searched", str(row["num_concepts"])],
               ["seeds per concept", str(row["num_seeds"])],
               ["search steps per concept", str(row["steps"])]]
-  out = [_table(["", ""], facts)]
+  out = ["<table><tbody>" + "".join(
+      f"<tr><th>{_escape(label)}</th><td>{_escape(value)}</td></tr>"
+      for label, value in facts) + "</tbody></table>"]
   if run.get("config_json"):
     out.append("<details><summary>The full config</summary><pre>"
                + _escape(run["config_json"]) + "</pre></details>")
@@ -434,7 +452,7 @@ def _top_k_html(analysis) -> str:
   for entry in top["table"]:
     rows.append([entry["class"],
                  ", ".join(f"{n} ({m:.2f})" for n, m in entry["similar"]),
-                 ", ".join(f"{n} ({p:.2f})" for n, p in entry["confused"]),
+                 ", ".join(f"{n} ({p:.2g})" for n, p in entry["confused"]),
                  str(entry["overlap"])])
   table = _table(["class", f"top-{top['k']} similar paths (M)",
                   f"top-{top['k']} confusions (mean softmax)", "shared"],
