@@ -269,3 +269,22 @@ def test_trajectory_file_errors(tmp_path):
            concept_ids=np.arange(1), **{"flips/site00": np.zeros((1, 1, 2))})
   with pytest.raises(ValueError, match="usage/site00"):
     analyses.load_trajectory(tmp_path)
+
+
+def test_summary_row_keeps_per_seed_scores():
+  paths = {"a": np.stack([_masks([{0, 1}, {1, 2}, {3}], 4),
+                          _masks([{0}, {1, 2}, {3}], 4)])}
+  similarity = metrics.path_similarity(paths)  # [2, 3, 3]
+  row = metrics.summary_row("net", similarity, metrics.unit_usage(paths),
+                            np.array([[1.0, 0.5, 1.0], [1.0, 1.0, 1.0]]),
+                            np.ones(3), steps=7, primary_of=[0, 0, 1])
+  per_seed_i = metrics.interpretability(
+      similarity, np.array([[1.0, 0.5, 1.0], [1.0, 1.0, 1.0]]))
+  np.testing.assert_allclose(row["per_seed"]["interpretability"], per_seed_i)
+  assert row["interpretability"] == pytest.approx(per_seed_i.mean())
+  np.testing.assert_allclose(row["per_seed"]["mean_path_accuracy"],
+                             [2.5 / 3, 1.0])
+  assert len(row["per_seed"]["adjusted_rand_index"]) == 2
+  with pytest.raises(ValueError, match="path_accuracy of model 'net'"):
+    metrics.summary_row("net", similarity, metrics.unit_usage(paths),
+                        np.ones(3), np.ones(3), steps=1)
