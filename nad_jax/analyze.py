@@ -757,9 +757,9 @@ def score_table(row: Mapping[str, Any], result: Mapping[str, Any]
       ablation["random_removed"]["mean"], "random same-size path removed",
       seed_std("necessity"))
   add("interpretability_random_similarity",
-      "I with random same-size paths' M and the paths' own accuracies",
-      random_control["interpretability_nad_accuracy"]["mean"], "I",
-      row["interpretability"], "I of the NAD paths")
+      "control: I of random same-size paths' M with the paths' own "
+      "accuracies", random_control["interpretability_nad_accuracy"]["mean"],
+      "I")
   add("mean_usage", "mean unit usage", row["mean_usage"], "fixed",
       std=seed_std("mean_usage"))
   add("mean_similarity", "mean path similarity M between classes",

@@ -302,7 +302,8 @@ def activation_map_grid(image: np.ndarray,
   """Top activation pixels per site, one row per gate set (Fig. 1, 5).
 
   Each cell shows the input dimmed, with the site's top pixels (the
-  binary map) in red over the image at full brightness.
+  binary map) in red over the image at full brightness; a cell whose map
+  is constant (every pixel kept) says so instead.
 
   Args:
     image: ``[H, W, 3]`` the input for display, values in [0, 1].
@@ -352,7 +353,13 @@ def activation_map_grid(image: np.ndarray,
       site = sites[column - 1]
       mask = np.asarray(masks[site][row], bool)
       cell_image = image * 0.3
-      cell_image[mask] = 0.4 * image[mask] + 0.6 * red
+      if mask.all():
+        # A constant map (e.g. a path with no active unit at this site):
+        # every pixel ties at the threshold; nothing to point at.
+        ax.text(0.5, 0.5, "constant\nmap", transform=ax.transAxes,
+                ha="center", va="center", color="w", fontsize=8)
+      else:
+        cell_image[mask] = 0.4 * image[mask] + 0.6 * red
       ax.imshow(cell_image, interpolation="nearest")
       if quadrant_labels is not None:
         ax.axhline(height_px / 2 - 0.5, color="w", lw=0.4, alpha=0.6)
