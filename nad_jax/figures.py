@@ -37,6 +37,10 @@ from scipy.cluster import hierarchy
 from nad_jax import metrics
 
 
+# Above this many classes the heatmap leaves the class labels out.
+MAX_LABELLED_CLASSES = 120
+
+
 class HeatmapResult(NamedTuple):
   """What ``similarity_heatmap`` drew: the PNG path and the leaf order."""
   path: str
@@ -119,10 +123,17 @@ def similarity_heatmap(similarity: np.ndarray,
     vmin, vmax = 0.0, 1.0
 
   # Layout in inches: left dendrogram | strip | heatmap | row labels | legend.
-  cell = 0.28
+  # 0.28 in per class up to 16 in (57 classes); beyond, the cells shrink
+  # and above MAX_LABELLED_CLASSES the class labels are left out (the
+  # colour strips still show the primaries), so 1000 classes stay a
+  # figure of a few megapixels.
+  cell = min(0.28, 16.0 / num_concepts)
   heat = max(4.0, cell * num_concepts)
+  label_classes = num_concepts <= MAX_LABELLED_CLASSES
+  label_font = 8 if cell >= 0.2 else max(4, int(cell * 40))
   margin, dendro, strip, gap = 0.25, 1.2, 0.18, 0.04
-  label_space = 0.09 * max(len(name) for name in class_names) + 0.3
+  label_space = (0.09 * max(len(name) for name in class_names) + 0.3
+                 if label_classes else 0.5)
   legend_space = 0.08 * max(len(name) for name in primary_names) + 0.6
   title_space, colorbar_space = 0.5, 0.0
   width = margin + dendro + strip + 2 * gap + heat + label_space + \
@@ -143,12 +154,18 @@ def similarity_heatmap(similarity: np.ndarray,
                          interpolation="nearest", aspect="auto")
   ticks = np.arange(num_concepts) + 0.5
   ordered_names = [class_names[index] for index in leaf_order]
-  heat_ax.set_xticks(ticks)
-  heat_ax.set_xticklabels(ordered_names, rotation=90, fontsize=8)
-  heat_ax.set_yticks(ticks)
-  heat_ax.set_yticklabels(ordered_names, fontsize=8)
+  if label_classes:
+    heat_ax.set_xticks(ticks)
+    heat_ax.set_xticklabels(ordered_names, rotation=90, fontsize=label_font)
+    heat_ax.set_yticks(ticks)
+    heat_ax.set_yticklabels(ordered_names, fontsize=label_font)
+  else:
+    heat_ax.set_xticks([])
+    heat_ax.set_yticks([])
+    heat_ax.set_xlabel(f"{num_concepts} classes in dendrogram order "
+                       f"(names in metrics.json)", fontsize=9)
   heat_ax.yaxis.tick_right()
-  if show_primaries:
+  if show_primaries and label_classes:
     for labels in (heat_ax.get_xticklabels(), heat_ax.get_yticklabels()):
       for label, index in zip(labels, leaf_order):
         label.set_color(colours[primary_of[index]])
@@ -167,6 +184,10 @@ def similarity_heatmap(similarity: np.ndarray,
                        no_labels=True, link_color_func=black)
   top_ax.set_xlim(0, 10 * num_concepts)
   top_ax.axis("off")
+  line_width = min(1.0, max(0.3, 40.0 / num_concepts))
+  for dendrogram_ax in (left_ax, top_ax):
+    for collection in dendrogram_ax.collections:
+      collection.set_linewidth(line_width)
 
   strip_rgb = np.array([colours[primary_of[index]][:3]
                         for index in leaf_order])

@@ -142,3 +142,13 @@ def test_activation_map_grid_checks_rows(tmp_path):
                                           tmp_path / "ok.png",
                                           quadrant_labels=list("wxyz")),
               250, 200)
+
+
+def test_similarity_heatmap_of_many_classes_stays_a_few_megapixels(tmp_path):
+  primary_of = np.arange(300) % 6
+  result = figures.similarity_heatmap(
+      _block_similarity(primary_of), [f"class {i}" for i in range(300)],
+      primary_of, None, tmp_path / "big.png", dpi=50)
+  width, height = _assert_png(result.path, 500, 500)
+  assert width * height < 2e6  # 0.28 in per class would be ~18 MP here
+  assert sorted(result.leaf_order.tolist()) == list(range(300))
