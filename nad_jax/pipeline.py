@@ -8,6 +8,9 @@ and tests call it directly. For each network it writes into its workdir:
 * ``paths.npz`` (``path/<site>`` bool ``[N, S, C]``, ``gate_logits/<site>``,
   ``concept_ids``, ``class_names``) and ``paths.json`` (selected unit indices
   per concept, seed and site) for people outside JAX;
+* ``trajectory.npz``: how many units of each site flipped between records
+  and the share selected, every ``trajectory_every`` steps of the search
+  (``search.SearchResult.trajectory``);
 * ``metrics.json`` (accuracies, similarity matrix, I, usage, hierarchy
   scores), figures (PNG) and ``report.md`` / ``report.json``;
 * the analyses (``nad_jax.analyze``: ``analyses.json``, ``analyses.npz``,
@@ -37,11 +40,11 @@ from nad_jax import compare
 from nad_jax import data as data_lib
 from nad_jax import evaluate
 from nad_jax import figures
+from nad_jax import html_report
 from nad_jax import metrics
 from nad_jax import models
 from nad_jax import objectives
 from nad_jax import optim
-from nad_jax import html_report
 from nad_jax import report
 from nad_jax import search
 
@@ -140,8 +143,47 @@ def _hparams(config) -> dict[str, Any]:
 def run_network(config: ml_collections.ConfigDict,
                 workdir: str) -> dict[str, Any] | None:
   """Search, evaluation, metrics, figures and report for one network."""
-  name = config.model.name
   start = time.perf_counter()
+  model, variables, dataset, concept_ids = load_inputs(config, workdir)
+  stored = None
+  if config.mode == "analyze":
+    result = analyze.load_search_result(
+        workdir, model.gate_sites(),
+        None if str(config.data.classes).strip().lower() in ("", "all")
+        else concept_ids)
+    concept_ids = [int(c) for c in result.concept_ids]
+    stored = analyze.stored_accuracies(
+        workdir, concept_ids, next(iter(result.gate_logits.values())).shape[1])
+  else:
+    result = search_paths(config, workdir, model, variables, dataset,
+                          concept_ids)
+  if result is None:
+    return None
+  class_names = [dataset.class_names[c] for c in concept_ids]
+  export_paths(workdir, result, class_names)
+  if stored is not None:
+    logging.info("=== %s: accuracies read from metrics.json",
+                 config.model.name)
+    original_acc, path_acc = stored
+  else:
+    original_acc, path_acc = evaluate_paths(config, model, variables,
+                                            dataset, concept_ids,
+                                            result.paths)
+  row = write_outputs(config, workdir, dataset, concept_ids, result,
+                      original_acc, path_acc, model=model,
+                      variables=variables)
+  logging.info("%s: I = %.4g, path accuracy %.1f%% (original %.1f%%), "
+               "mean usage %.2f; done in %.0f s. Outputs in %s",
+               config.model.name, row["interpretability"],
+               100 * row["mean_path_accuracy"],
+               100 * row["original_accuracy"], row["mean_usage"],
+               time.perf_counter() - start, workdir)
+  return row
+
+
+def load_inputs(config: ml_collections.ConfigDict, workdir: str):
+  """``(model, variables, dataset, concept_ids)`` that ``config`` names."""
+  name = config.model.name
   logging.info("=== %s: loading the model and the data", name)
   model, variables = models.load_model(config.model)
   dataset = data_lib.get_dataset(config, cache_dir=workdir)
@@ -150,48 +192,17 @@ def run_network(config: ml_collections.ConfigDict,
   logging.info("%s: %d gate sites (%d units), %d concepts, %d seeds each",
                name, len(site_channels), sum(site_channels.values()),
                len(concept_ids), config.search.num_seeds)
-
-  if config.mode == "analyze":
-    logging.info("=== %s: reading the finished search in %s", name, workdir)
-    selection = (None if str(config.data.classes).strip().lower() in
-                 ("", "all") else concept_ids)
-    result = analyze.load_search_result(workdir, site_channels, selection)
-    concept_ids = [int(c) for c in result.concept_ids]
-  else:
-    result = _search(config, model, variables, dataset, concept_ids, workdir)
-  if not np.all(result.done):
-    logging.info("%s: search stopped early with %d of %d concepts done; "
-                 "rerun with the same --workdir to resume.", name,
-                 int(np.sum(result.done)), len(result.done))
-    return None
-  class_names = [dataset.class_names[c] for c in concept_ids]
-  paths = result.paths  # {site: [N, S, C]}
-  _export_paths(workdir, result, class_names)
-
-  num_seeds = next(iter(paths.values())).shape[1]
-  stored = (analyze.stored_accuracies(workdir, concept_ids, num_seeds)
-            if config.mode == "analyze" else None)
-  if stored is not None:
-    logging.info("=== %s: accuracies read from metrics.json", name)
-    original_acc, path_acc = stored
-  else:
-    logging.info("=== %s: evaluating paths on validation images", name)
-    original_acc, path_acc = evaluate.class_accuracies(
-        model, variables, dataset, concept_ids, paths,
-        batch_size=config.eval.batch_size,
-        max_images=config.eval.max_images_per_class)
-  return _metrics_and_report(config, workdir, model, variables, dataset,
-                             concept_ids, class_names, paths, result,
-                             original_acc, path_acc, start)
+  return model, variables, dataset, concept_ids
 
 
-def _search(config, model, variables, dataset, concept_ids, workdir):
-  """The search stage: ``search.disentangle`` with the config's settings."""
+def search_paths(config: ml_collections.ConfigDict, workdir: str, model,
+                 variables, dataset,
+                 concept_ids: list[int]) -> search.SearchResult | None:
+  """The search (resuming from ``workdir``); None if it stopped early."""
   name = config.model.name
-  site_channels = model.gate_sites()
   logging.info("=== %s: searching concept feature paths", name)
   meta = search.search_meta(
-      name, site_channels, concept_ids, seed=config.seed,
+      name, model.gate_sites(), concept_ids, seed=config.seed,
       num_seeds=config.search.num_seeds, batch_size=config.search.batch_size,
       hparams=_hparams(config))
   result = search.disentangle(
@@ -206,14 +217,36 @@ def _search(config, model, variables, dataset, concept_ids, workdir):
       checkpoint_every=config.search.checkpoint_every,
       log_every=config.search.log_every,
       stop_after_steps=config.search.stop_after_steps)
+  if not np.all(result.done):
+    logging.info("%s: search stopped early with %d of %d concepts done; "
+                 "rerun with the same --workdir to resume.", name,
+                 int(np.sum(result.done)), len(result.done))
+    return None
   return result
 
 
-def _metrics_and_report(config, workdir, model, variables, dataset,
-                        concept_ids, class_names, paths, result,
-                        original_acc, path_acc, start):
-  """Metrics, figures, analyses and reports of one network."""
+def evaluate_paths(config: ml_collections.ConfigDict, model, variables,
+                   dataset, concept_ids: list[int],
+                   paths: dict[str, np.ndarray]):
+  """``(original accuracy [N], path accuracy [N, S])`` on val images."""
+  logging.info("=== %s: evaluating paths on validation images",
+               config.model.name)
+  return evaluate.class_accuracies(
+      model, variables, dataset, concept_ids, paths,
+      batch_size=config.eval.batch_size,
+      max_images=config.eval.max_images_per_class)
+
+
+def write_outputs(config: ml_collections.ConfigDict, workdir: str, dataset,
+                  concept_ids: list[int], result: search.SearchResult,
+                  original_acc: np.ndarray, path_acc: np.ndarray,
+                  model=None, variables=None) -> dict[str, Any]:
+  """Metrics, figures, ``metrics.json``, the analyses (with ``model`` and
+  ``variables``, when ``config.analysis.enabled``) and the reports; returns
+  the row."""
   name = config.model.name
+  class_names = [dataset.class_names[c] for c in concept_ids]
+  paths = result.paths  # {site: [N, S, C]}
   primary_of, primary_names = _primaries(dataset, concept_ids)
   seed_paths = {site: np.swapaxes(p, 0, 1) for site, p in paths.items()}
   similarity = metrics.path_similarity(seed_paths)  # [S, N, N]
@@ -249,7 +282,7 @@ def _metrics_and_report(config, workdir, model, variables, dataset,
       "skipped_files": skipped,
   })
   summary_md = ""
-  if config.analysis.enabled:
+  if config.analysis.enabled and model is not None:
     logging.info("=== %s: analyses", name)
     analysis = analyze.analyze_network(
         config, workdir, model, variables, dataset, concept_ids, paths,
@@ -261,11 +294,6 @@ def _metrics_and_report(config, workdir, model, variables, dataset,
                       extra_md=summary_md + _settings_md(config, skipped),
                       title=f"NAD report: {name}")
   html_report.write_network_report(workdir)
-  logging.info("%s: I = %.4g, path accuracy %.1f%% (original %.1f%%), "
-               "mean usage %.2f; done in %.0f s. Outputs in %s", name,
-               row["interpretability"], 100 * row["mean_path_accuracy"],
-               100 * row["original_accuracy"], row["mean_usage"],
-               time.perf_counter() - start, workdir)
   return row
 
 
@@ -287,17 +315,28 @@ def _primaries(dataset, concept_ids):
       primary_names
 
 
-def _export_paths(workdir, result: search.SearchResult, class_names):
-  """``paths.npz`` and ``paths.json``, written atomically."""
+def export_paths(workdir: str, result: search.SearchResult,
+                 class_names: list[str]) -> None:
+  """``paths.npz``, ``paths.json`` and ``trajectory.npz``, written atomically.
+
+  ``trajectory.npz``: ``steps [T]``, ``concept_ids [N]`` and per site
+  ``flips/<site> int32 [N, S, T]`` and ``usage/<site> float32 [N, S, T]``
+  (see ``search.SearchResult.trajectory``).
+  """
   arrays = {"concept_ids": result.concept_ids,
             "class_names": np.asarray(class_names),
             "steps_done": np.asarray(result.steps_done)}
   for site, logits in result.gate_logits.items():
     arrays[f"path/{site}"] = logits > 0
     arrays[f"gate_logits/{site}"] = logits
-  tmp = os.path.join(workdir, "paths.tmp.npz")
-  np.savez_compressed(tmp, **arrays)
-  os.replace(tmp, os.path.join(workdir, "paths.npz"))
+  _write_npz(os.path.join(workdir, "paths.npz"), arrays)
+  if result.trajectory:
+    trajectory = {"steps": result.trajectory["steps"],
+                  "concept_ids": result.concept_ids}
+    for key in ("flips", "usage"):
+      for site, values in result.trajectory[key].items():
+        trajectory[f"{key}/{site}"] = values
+    _write_npz(os.path.join(workdir, "trajectory.npz"), trajectory)
   concepts = []
   num_seeds = next(iter(result.gate_logits.values())).shape[1]
   for i, (class_id, name) in enumerate(zip(result.concept_ids, class_names)):
@@ -310,6 +349,12 @@ def _export_paths(workdir, result: search.SearchResult, class_names):
       "sites": {site: int(v.shape[-1]) for site, v in
                 result.gate_logits.items()},
       "concepts": concepts})
+
+
+def _write_npz(path, arrays):
+  tmp = path[:-len(".npz")] + ".tmp.npz"
+  np.savez_compressed(tmp, **arrays)
+  os.replace(tmp, path)
 
 
 def _write_json(path, obj):

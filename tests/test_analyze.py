@@ -89,7 +89,7 @@ def test_demo_report_has_every_figure_and_is_self_contained(demo_run):
   analysis = _analysis(demo_run)
   expected = {"ablation", "cross_class", "cross_class_predicted", "top_k",
               "permutation_tests", "hit_rate", "activation_maps",
-              "activation_maps_full"}
+              "activation_maps_full", "trajectory"}
   assert expected <= set(analysis["figures"])
   for file_name in list(analysis["figures"].values()) + [
       "path_similarity.png", "unit_usage.png", "precision_histogram.png"]:
@@ -105,8 +105,8 @@ def test_demo_report_has_every_figure_and_is_self_contained(demo_run):
   assert "@import" not in text and "url(" not in text
   # The summary gives numbers next to their controls, and what is missing.
   assert "random paths with the same number of units per site reach" in text
-  assert "The search did not record its trajectory" in text
-  assert "trajectory: not recorded" in text
+  assert "Paths during the search" in text
+  assert "of the units changed" in text
   for line in (demo_run / "scores.csv").read_text().splitlines()[1:]:
     assert line.split(",")[0]
   markdown = (demo_run / "report.md").read_text()

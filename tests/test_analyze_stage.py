@@ -63,6 +63,7 @@ def test_analyze_network_with_two_seeds(tmp_path):
       row["per_seed"]["interpretability"])
   assert len(result["seeds"]["hit_rate_last_sites"]["values"]) == 2
   assert "hierarchy" in result["skipped"]
+  assert result["skipped"]["trajectory"].startswith("not recorded")
   # TinyNet's third site is pooled: maps only for the two spatial sites.
   assert result["hit_rate"]["authors"]["sites"] == ["site00", "site01"]
   for key in ("seed_stability", "activation_maps", "activation_maps_image0",
@@ -83,3 +84,4 @@ def test_analyze_network_with_two_seeds(tmp_path):
   text = open(html_report.write_network_report(str(tmp_path))).read()
   assert "Over the 2 seeds:" in text
   assert "Activation maps of a user-given image." in text
+  assert "The search did not record its trajectory" in text
