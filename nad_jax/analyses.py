@@ -430,9 +430,9 @@ def wordnet_similarity(wnids: Sequence[str]) -> np.ndarray:
 
   ``2 d(lcs) / (d(a) + d(b))``, where d is the depth below ``entity``
   (entity = 0; a synset's depth is its largest position on any hypernym
-  path of the 1000 ImageNet classes) and lcs the deepest common ancestor. 1 on the
-  diagonal. Vectorised over depth levels: one ``[K, V] @ [V, K]`` product
-  per level.
+  path of the 1000 ImageNet classes) and lcs the deepest common ancestor.
+  1 on the diagonal. Vectorised over depth levels: one ``[K, V] @ [V, K]``
+  product per level.
 
   Args:
     wnids: K ImageNet wnids.

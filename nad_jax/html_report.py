@@ -208,11 +208,13 @@ def summary_sentences(row: Mapping[str, Any],
       f"{_pct(ablation['random_kept']['mean'])} "
       f"({_points(row['mean_path_accuracy'], ablation['random_kept']['mean'])}"
       f").")
+  removed_gap = _points(ablation["removed"]["mean"],
+                        ablation["random_removed"]["mean"])
   lines.append(
       f"With its path's units removed, a class is classified correctly "
       f"{_pct(ablation['removed']['mean'])} of the time; removing as many "
       f"random units leaves {_pct(ablation['random_removed']['mean'])} "
-      f"({_points(ablation['removed']['mean'], ablation['random_removed']['mean'])}).")
+      f"({removed_gap}).")
   cross = analysis.get("cross_class")
   if cross:
     lines.append(
@@ -284,13 +286,15 @@ def summary_sentences(row: Mapping[str, Any],
   hit = analysis.get("hit_rate", {})
   if "authors" in hit:
     entry = hit["authors"]
+    hit_gap = _points(entry["last_sites_mean"],
+                      entry["random_last_sites_mean"])
     text = (f"On {hit['num_mosaics']} 2x2 mosaics shrunk to the input (the "
             f"authors' convention), {_pct(entry['last_sites_mean'])} of a "
             f"path's top {100 * hit['mask_rate']:g}% activation pixels at "
             f"the last {len(entry['last_sites'])} sites lie in its own "
             f"class's quadrant (chance 25%; random same-size paths "
             f"{_pct(entry['random_last_sites_mean'])}, "
-            f"{_points(entry['last_sites_mean'], entry['random_last_sites_mean'])})")
+            f"{hit_gap})")
     if "full_size" in hit:
       full = hit["full_size"]
       text += (f"; on the same mosaics at full size "
@@ -350,10 +354,11 @@ def summary_markdown(row: Mapping[str, Any],
       control = ("" if _missing(entry.get("control")) else
                  f"{format_value(entry['control'], entry['unit'])} "
                  f"({entry['control_label']})")
+      p_value = ("" if _missing(entry.get("p_value")) else
+                 format_p(entry["p_value"]))
       lines.append(
           f"| {entry['label']} | {_value_with_std(entry)} | {control} | "
-          f"{_difference(entry)} | "
-          f"{'' if _missing(entry.get('p_value')) else format_p(entry['p_value'])} |")
+          f"{_difference(entry)} | {p_value} |")
     lines += ["", "Figures and all numbers: report.html, analyses.json, "
               "scores.csv, per_class.csv."]
   return "\n".join(lines) + "\n"
@@ -613,7 +618,8 @@ def write_comparison_html(path: str, title: str,
   Returns:
     ``path``.
   """
-  body = [f"<h1>{_escape(title)}</h1>", "<h2>Summary</h2><ul class=\"summary\">"]
+  body = [f"<h1>{_escape(title)}</h1>",
+          "<h2>Summary</h2><ul class=\"summary\">"]
   body += [f"<li>{_escape(line)}</li>" for line in sentences]
   body.append("</ul><h2>Networks</h2>")
   facts_header = ["network"] + [label for label, _ in networks[0]["facts"]]
