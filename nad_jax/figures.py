@@ -434,10 +434,13 @@ def interpretability_vs_accuracy(points: Sequence[Mapping[str, float]],
     control = point.get("random_interpretability")
     if control is not None and np.isfinite(control):
       ax.plot([control], [y], marker="o", markerfacecolor="none",
-              color=colour, markersize=8, linestyle="none",
-              label=None if shown_control else "random paths, same usage")
+              color=colour, markersize=8, linestyle="none")
       ax.plot([control, x], [y, y], color=colour, lw=0.8, alpha=0.5)
       shown_control = True
+  if shown_control:  # one neutral legend entry for the hollow markers
+    ax.plot([], [], marker="o", markerfacecolor="none", color="0.4",
+            markersize=8, linestyle="none",
+            label="random paths, same usage (hollow)")
   ax.set_xlabel("interpretability I (Eq. 12)")
   ax.set_ylabel("original top-1 accuracy (%)")
   ax.grid(alpha=0.3)
