@@ -272,8 +272,13 @@ def analyze_network(config: ml_collections.ConfigDict, workdir: str, model,
     primary_names: names of the primaries, or None.
 
   Returns:
-    The content of ``analyses.json`` (also written).
+    The content of ``analyses.json`` (also written), or None for fewer than
+    two concepts (nothing to compare; nothing is written).
   """
+  if len(concept_ids) < 2:
+    logging.info("%s: the analyses need at least 2 concepts; skipped.",
+                 row["model"])
+    return None
   acfg = config.analysis
   rng = np.random.default_rng([int(acfg.seed), 1])
   concept_ids = [int(c) for c in concept_ids]

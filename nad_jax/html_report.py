@@ -196,7 +196,7 @@ def summary_sentences(row: Mapping[str, Any],
         f"path accuracy {_pct(row['mean_path_accuracy'])} (original network "
         f"{_pct(row['original_accuracy'])}); I = "
         f"{row['interpretability']:.4g}. The analyses and controls were not "
-        f"run (config.analysis.enabled = False).")
+        f"run (config.analysis.enabled = False, or fewer than 2 concepts).")
     return lines
   ablation = analysis["ablation"]
   lines.append(

@@ -288,7 +288,8 @@ def write_outputs(config: ml_collections.ConfigDict, workdir: str, dataset,
         config, workdir, model, variables, dataset, concept_ids, paths,
         similarity=similarity, row=row, class_names=class_names,
         primary_of=primary_of, primary_names=primary_names)
-    summary_md = html_report.summary_markdown(row, analysis)
+    if analysis is not None:
+      summary_md = html_report.summary_markdown(row, analysis)
   report.write_report([row], os.path.join(workdir, "report.md"),
                       os.path.join(workdir, "report.json"),
                       extra_md=summary_md + _settings_md(config, skipped),
