@@ -3,6 +3,7 @@ report in a real browser, --config.mode=analyze and comparing workdirs."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -46,10 +47,22 @@ def _demo_config(variant="vgg"):
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("analyze") / "demo_vgg"
-  config = _demo_config()
-  rows = pipeline.run(config, str(workdir))
-  assert len(rows) == 1
+  """One demo run shared by the tests (read-only for them). Under
+  pytest-xdist every worker would build its own: the first one builds it
+  in the session's shared temp root under a file lock, the others reuse
+  it."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the session's root, shared by the workers
+  workdir = root / "analyze_demo" / "demo_vgg"
+  with open(root / "analyze_demo.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      if not (workdir / "report.html").exists():
+        rows = pipeline.run(_demo_config(), str(workdir))
+        assert len(rows) == 1
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
   return workdir
 
 
