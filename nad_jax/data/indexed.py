@@ -91,14 +91,15 @@ class IndexedConceptDataset:
     base.check_class_ids([class_id], len(self.class_names))
     return self._count(split, class_id)
 
-  def _load(self, split: str, class_id: int, index: int, augment: str,
-            rng: np.random.Generator | None) -> np.ndarray | None:
-    """One image read and transformed; None (logged, counted) if unreadable."""
+  def decode(self, split: str, class_id: int,
+             index: int) -> Image.Image | None:
+    """One image as PIL RGB; None (logged once, listed in ``skipped_files``)
+    if it cannot be read. Thread-safe; the decode-once cache uses it too."""
     key = (split, class_id, index)
     if key in self._bad:
       return None
     try:
-      image = preprocess.to_pil_rgb(self._read(split, class_id, index))
+      return preprocess.to_pil_rgb(self._read(split, class_id, index))
     except DECODE_ERRORS as e:
       name = self._describe(split, class_id, index)
       with self._lock:
@@ -108,6 +109,13 @@ class IndexedConceptDataset:
         self.skipped_files.append(name)
       logging.warning("skipping unreadable image %s (class %d %r): %s", name,
                       class_id, self.class_names[class_id], e)
+      return None
+
+  def _load(self, split: str, class_id: int, index: int, augment: str,
+            rng: np.random.Generator | None) -> np.ndarray | None:
+    """One image read and transformed; None (logged, counted) if unreadable."""
+    image = self.decode(split, class_id, index)
+    if image is None:
       return None
     if augment == "none":
       return preprocess.eval_transform(image, self.image_size)
@@ -162,6 +170,10 @@ class IndexedConceptDataset:
                                       3)
     labels = np.repeat(self._labels(class_ids)[:, None], batch_size, axis=1)
     return images, labels
+
+  def labels(self, class_ids) -> np.ndarray:
+    """The network's label of each class id (``[K] int32``)."""
+    return self._labels(class_ids)
 
   def _labels(self, class_ids) -> np.ndarray:
     class_ids = np.asarray(class_ids, np.int32)
