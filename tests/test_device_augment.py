@@ -217,10 +217,8 @@ def test_flips_and_determinism_from_the_key():
     assert np.abs(np.asarray(batch(other)) - first).max() > 0.1
   # Images of one batch get different boxes.
   assert np.abs(first[0] - first[1]).max() > 0.1
-  # augment_image's flip draw, for 400 images.
-  flips = jax.jit(jax.vmap(lambda b: jax.random.bernoulli(jax.random.split(
-      jax.random.fold_in(device_augment.batch_key(0, 1, 2), b))[1])))(
-          jnp.arange(400))
+  flips = jax.jit(jax.vmap(lambda k: device_augment.augment_params(
+      k, 300, 400)[1]))(_keys(3, 400))
   assert 160 <= int(flips.sum()) <= 240  # binomial(400, 1/2): +-4 sigma
 
 

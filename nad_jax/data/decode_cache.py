@@ -61,11 +61,27 @@ DEFAULT_MAX_SIZE = (288, 384)
 # The filter that shrinks photos larger than the canvas: Lanczos loses less
 # than bilinear (benchmarks/RESULTS.md section 7).
 DOWNSCALE_FILTER = Image.LANCZOS
+PIPELINES = ("auto", "host", "device")
 PLACEMENTS = ("auto", "device", "host")
 # 'auto' keeps a chunk's cache on the accelerator while two chunks' caches
 # (the running one and the next, prefetched) take at most this share of
 # its memory; else in host memory, gathered per step.
 DEVICE_SHARE = 0.25
+
+
+def resolve_pipeline(pipeline: str, backend: str | None = None) -> str:
+  """``config.data.pipeline`` as ``'host'`` or ``'device'``.
+
+  ``'auto'`` is ``'device'`` on an accelerator and ``'host'`` on the CPU
+  backend (there the step is compute-bound and the host path exact).
+  """
+  if pipeline not in PIPELINES:
+    raise ValueError(f"unknown config.data.pipeline {pipeline!r}; known: "
+                     f"{list(PIPELINES)}")
+  if pipeline != "auto":
+    return pipeline
+  backend = backend or jax.default_backend()
+  return "host" if backend == "cpu" else "device"
 
 
 def stored_shape(height: int, width: int,

@@ -50,6 +50,48 @@ def batch_key(seed: int | jax.Array, class_id: int | jax.Array,
   return jax.random.fold_in(jax.random.fold_in(key, class_id), step)
 
 
+def _box_from_uniforms(uniforms: jax.Array, height: jax.Array,
+                       width: jax.Array, scale: tuple[float, float],
+                       ratio: tuple[float, float], tries: int) -> jax.Array:
+  """:func:`rrc_box` from ``2 * tries + 2`` uniform [0, 1) numbers."""
+  height = jnp.asarray(height, jnp.int32)
+  width = jnp.asarray(width, jnp.int32)
+  fheight = height.astype(jnp.float32)
+  fwidth = width.astype(jnp.float32)
+  target_area = fheight * fwidth * (
+      scale[0] + (scale[1] - scale[0]) * uniforms[:tries])
+  log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+  aspect = jnp.exp(log_low + (log_high - log_low)
+                   * uniforms[tries:2 * tries])
+  # jnp.round rounds half to even, as Python's round() in torchvision.
+  w = jnp.round(jnp.sqrt(target_area * aspect)).astype(jnp.int32)
+  h = jnp.round(jnp.sqrt(target_area / aspect)).astype(jnp.int32)
+  fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+  first = jnp.argmax(fits)
+  found = jnp.any(fits)
+  try_h, try_w = h[first], w[first]
+
+  def offset(u, room):  # uniform over 0..room, as torch.randint(0, room+1)
+    return jnp.minimum((u * (room + 1).astype(jnp.float32)).astype(jnp.int32),
+                       room)
+
+  try_top = offset(uniforms[2 * tries], height - try_h)
+  try_left = offset(uniforms[2 * tries + 1], width - try_w)
+  # The fallback: the whole image, its aspect ratio clamped to `ratio`.
+  in_ratio = fwidth / fheight
+  low, high = min(ratio), max(ratio)
+  fall_h = jnp.where(in_ratio < low,
+                     jnp.round(fwidth / low).astype(jnp.int32), height)
+  fall_w = jnp.where(in_ratio > high,
+                     jnp.round(fheight * high).astype(jnp.int32), width)
+  fall_top = (height - fall_h) // 2
+  fall_left = (width - fall_w) // 2
+  return jnp.stack([jnp.where(found, try_top, fall_top),
+                    jnp.where(found, try_left, fall_left),
+                    jnp.where(found, try_h, fall_h),
+                    jnp.where(found, try_w, fall_w)]).astype(jnp.int32)
+
+
 def rrc_box(key: jax.Array, height: jax.Array, width: jax.Array,
             scale: tuple[float, float] = preprocess.RRC_SCALE,
             ratio: tuple[float, float] = preprocess.RRC_RATIO,
@@ -59,7 +101,8 @@ def rrc_box(key: jax.Array, height: jax.Array, width: jax.Array,
   Draws ``tries`` (area, log aspect ratio) pairs at once and keeps the first
   whose box fits in the image; if none fits, the centred crop of the whole
   image clamped to ``ratio``. Same distribution as torchvision's (tested
-  with two-sample tests), other random numbers.
+  with two-sample tests), other random numbers. All from one uniform draw
+  (one PRNG call compiles much faster than one per quantity).
 
   Args:
     key: a JAX PRNG key.
@@ -69,39 +112,19 @@ def rrc_box(key: jax.Array, height: jax.Array, width: jax.Array,
   Returns:
     ``[4] int32``: ``(top, left, h, w)`` in original pixels.
   """
-  area_key, ratio_key, top_key, left_key = jax.random.split(key, 4)
-  height = jnp.asarray(height, jnp.int32)
-  width = jnp.asarray(width, jnp.int32)
-  fheight = height.astype(jnp.float32)
-  fwidth = width.astype(jnp.float32)
-  target_area = fheight * fwidth * jax.random.uniform(
-      area_key, (tries,), jnp.float32, scale[0], scale[1])
-  aspect = jnp.exp(jax.random.uniform(ratio_key, (tries,), jnp.float32,
-                                      math.log(ratio[0]), math.log(ratio[1])))
-  # jnp.round rounds half to even, as Python's round() in torchvision.
-  w = jnp.round(jnp.sqrt(target_area * aspect)).astype(jnp.int32)
-  h = jnp.round(jnp.sqrt(target_area / aspect)).astype(jnp.int32)
-  fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-  first = jnp.argmax(fits)
-  found = jnp.any(fits)
-  try_h, try_w = h[first], w[first]
-  try_top = jax.random.randint(top_key, (), 0, height - try_h + 1)
-  try_left = jax.random.randint(left_key, (), 0, width - try_w + 1)
-  # The fallback: the whole image, its aspect ratio clamped to `ratio`.
-  in_ratio = fwidth / fheight
-  low, high = min(ratio), max(ratio)
-  fall_h = jnp.where(
-      in_ratio < low, jnp.round(fwidth / low).astype(jnp.int32),
-      height)
-  fall_w = jnp.where(
-      in_ratio > high, jnp.round(fheight * high).astype(jnp.int32),
-      width)
-  fall_top = (height - fall_h) // 2
-  fall_left = (width - fall_w) // 2
-  return jnp.stack([jnp.where(found, try_top, fall_top),
-                    jnp.where(found, try_left, fall_left),
-                    jnp.where(found, try_h, fall_h),
-                    jnp.where(found, try_w, fall_w)]).astype(jnp.int32)
+  uniforms = jax.random.uniform(key, (2 * tries + 2,), jnp.float32)
+  return _box_from_uniforms(uniforms, height, width, scale, ratio, tries)
+
+
+def augment_params(key: jax.Array, height: jax.Array, width: jax.Array
+                   ) -> tuple[jax.Array, jax.Array]:
+  """The crop box (:func:`rrc_box`) and the flip (bool, p = 1/2) of one
+  image, from one uniform draw."""
+  tries = 10
+  uniforms = jax.random.uniform(key, (2 * tries + 3,), jnp.float32)
+  box = _box_from_uniforms(uniforms[:-1], height, width, preprocess.RRC_SCALE,
+                           preprocess.RRC_RATIO, tries)
+  return box, uniforms[-1] < 0.5
 
 
 def _coverage(size: int, start: jax.Array, length: jax.Array) -> jax.Array:
@@ -196,11 +219,9 @@ def augment_image(stored: jax.Array, stored_hw: jax.Array,
   Returns:
     ``[size, size, 3] float32``, normalised.
   """
-  box_key, flip_key = jax.random.split(key)
-  if box is None:
-    box = rrc_box(box_key, orig_hw[0], orig_hw[1])
-  if flip is None:
-    flip = jax.random.bernoulli(flip_key)
+  random_box, random_flip = augment_params(key, orig_hw[0], orig_hw[1])
+  box = random_box if box is None else box
+  flip = random_flip if flip is None else flip
   pixels = resized_crop(stored, stored_hw, orig_hw, transposed, box, size)
   pixels = jnp.where(flip, pixels[:, ::-1], pixels)
   return normalize(pixels)
@@ -270,9 +291,3 @@ def device_concept_batch(row: dict[str, jax.Array], slots: jax.Array,
       flips=flips)
   labels = jnp.broadcast_to(row["label"].astype(jnp.int32), slots.shape)
   return images, labels
-
-
-def host_box(box: np.ndarray) -> tuple[int, int, int, int]:
-  """A ``[4]`` box as the ``(top, left, h, w)`` ints PIL code takes."""
-  top, left, h, w = (int(v) for v in np.asarray(box))
-  return top, left, h, w
