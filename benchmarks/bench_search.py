@@ -92,27 +92,32 @@ def main(argv):
   images = jnp.asarray(rng.normal(size=(k, b, size, size, 3)), jnp.float32)
   labels = jnp.zeros((k, b), jnp.int32)
 
-  def state(n):
+  patience = jnp.zeros((), jnp.int32)
+
+  def chunk(n):
     gl = jax.tree.map(jnp.asarray, search.init_gate_logits(0, range(n), 1,
                                                            sites))
-    return gl, jax.vmap(jax.vmap(optimizer.init))(gl)
+    zeros = lambda: jnp.zeros((n, 1), jnp.int32)  # one buffer each
+    return {"gate_logits": gl,
+            "opt_state": jax.vmap(jax.vmap(optimizer.init))(gl),
+            "stable": zeros(),
+            "sums": {"loss": jnp.zeros((n, 1)), "changed": zeros(),
+                     "valid": zeros(), "active": zeros()}}
 
-  gl_k, opt_k = state(k)
-  active_k = jnp.ones((k, 1), bool)
+  chunk_k = chunk(k)
 
   def vmapped():
-    nonlocal gl_k, opt_k
-    gl_k, opt_k, m = step(variables, gl_k, opt_k, active_k, images, labels)
+    nonlocal chunk_k
+    chunk_k, m = step(variables, chunk_k, images, labels, patience)
     jax.block_until_ready(m["loss"])
 
-  gl_1, opt_1 = state(1)
-  active_1 = jnp.ones((1, 1), bool)
+  chunk_1 = chunk(1)
 
   def sequential():
-    nonlocal gl_1, opt_1
+    nonlocal chunk_1
     for i in range(k):
-      gl_1, opt_1, m = step(variables, gl_1, opt_1, active_1,
-                            images[i:i + 1], labels[i:i + 1])
+      chunk_1, m = step(variables, chunk_1, images[i:i + 1],
+                        labels[i:i + 1], patience)
     jax.block_until_ready(m["loss"])
 
   t_vmap = _time(vmapped, _REPEATS.value)

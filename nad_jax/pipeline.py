@@ -8,6 +8,9 @@ and tests call it directly. For each network it writes into its workdir:
 * ``paths.npz`` (``path/<site>`` bool ``[N, S, C]``, ``gate_logits/<site>``,
   ``concept_ids``, ``class_names``) and ``paths.json`` (selected unit indices
   per concept, seed and site) for people outside JAX;
+* ``trajectory.npz``: how many units of each site flipped between records
+  and the share selected, every ``trajectory_every`` steps of the search
+  (``search.SearchResult.trajectory``);
 * ``metrics.json`` (accuracies, similarity matrix, I, usage, hierarchy
   scores), figures (PNG) and ``report.md`` / ``report.json``.
 
@@ -138,8 +141,30 @@ def _hparams(config) -> dict[str, Any]:
 def run_network(config: ml_collections.ConfigDict,
                 workdir: str) -> dict[str, Any] | None:
   """Search, evaluation, metrics, figures and report for one network."""
-  name = config.model.name
   start = time.perf_counter()
+  model, variables, dataset, concept_ids = load_inputs(config, workdir)
+  result = search_paths(config, workdir, model, variables, dataset,
+                        concept_ids)
+  if result is None:
+    return None
+  class_names = [dataset.class_names[c] for c in concept_ids]
+  export_paths(workdir, result, class_names)
+  original_acc, path_acc = evaluate_paths(config, model, variables, dataset,
+                                          concept_ids, result.paths)
+  row = write_outputs(config, workdir, dataset, concept_ids, result,
+                      original_acc, path_acc)
+  logging.info("%s: I = %.4g, path accuracy %.1f%% (original %.1f%%), "
+               "mean usage %.2f; done in %.0f s. Outputs in %s",
+               config.model.name, row["interpretability"],
+               100 * row["mean_path_accuracy"],
+               100 * row["original_accuracy"], row["mean_usage"],
+               time.perf_counter() - start, workdir)
+  return row
+
+
+def load_inputs(config: ml_collections.ConfigDict, workdir: str):
+  """``(model, variables, dataset, concept_ids)`` that ``config`` names."""
+  name = config.model.name
   logging.info("=== %s: loading the model and the data", name)
   model, variables = models.load_model(config.model)
   dataset = data_lib.get_dataset(config, cache_dir=workdir)
@@ -148,10 +173,17 @@ def run_network(config: ml_collections.ConfigDict,
   logging.info("%s: %d gate sites (%d units), %d concepts, %d seeds each",
                name, len(site_channels), sum(site_channels.values()),
                len(concept_ids), config.search.num_seeds)
+  return model, variables, dataset, concept_ids
 
+
+def search_paths(config: ml_collections.ConfigDict, workdir: str, model,
+                 variables, dataset,
+                 concept_ids: list[int]) -> search.SearchResult | None:
+  """The search (resuming from ``workdir``); None if it stopped early."""
+  name = config.model.name
   logging.info("=== %s: searching concept feature paths", name)
   meta = search.search_meta(
-      name, site_channels, concept_ids, seed=config.seed,
+      name, model.gate_sites(), concept_ids, seed=config.seed,
       num_seeds=config.search.num_seeds, batch_size=config.search.batch_size,
       hparams=_hparams(config))
   result = search.disentangle(
@@ -171,16 +203,29 @@ def run_network(config: ml_collections.ConfigDict,
                  "rerun with the same --workdir to resume.", name,
                  int(np.sum(result.done)), len(result.done))
     return None
-  class_names = [dataset.class_names[c] for c in concept_ids]
-  paths = result.paths  # {site: [N, S, C]}
-  _export_paths(workdir, result, class_names)
+  return result
 
-  logging.info("=== %s: evaluating paths on validation images", name)
-  original_acc, path_acc = evaluate.class_accuracies(
+
+def evaluate_paths(config: ml_collections.ConfigDict, model, variables,
+                   dataset, concept_ids: list[int],
+                   paths: dict[str, np.ndarray]):
+  """``(original accuracy [N], path accuracy [N, S])`` on val images."""
+  logging.info("=== %s: evaluating paths on validation images",
+               config.model.name)
+  return evaluate.class_accuracies(
       model, variables, dataset, concept_ids, paths,
       batch_size=config.eval.batch_size,
       max_images=config.eval.max_images_per_class)
 
+
+def write_outputs(config: ml_collections.ConfigDict, workdir: str, dataset,
+                  concept_ids: list[int], result: search.SearchResult,
+                  original_acc: np.ndarray,
+                  path_acc: np.ndarray) -> dict[str, Any]:
+  """Metrics, figures, ``metrics.json`` and the report; returns its row."""
+  name = config.model.name
+  class_names = [dataset.class_names[c] for c in concept_ids]
+  paths = result.paths  # {site: [N, S, C]}
   primary_of, primary_names = _primaries(dataset, concept_ids)
   seed_paths = {site: np.swapaxes(p, 0, 1) for site, p in paths.items()}
   similarity = metrics.path_similarity(seed_paths)  # [S, N, N]
@@ -218,11 +263,6 @@ def run_network(config: ml_collections.ConfigDict,
                       os.path.join(workdir, "report.json"),
                       extra_md=_settings_md(config, skipped),
                       title=f"NAD report: {name}")
-  logging.info("%s: I = %.4g, path accuracy %.1f%% (original %.1f%%), "
-               "mean usage %.2f; done in %.0f s. Outputs in %s", name,
-               row["interpretability"], 100 * row["mean_path_accuracy"],
-               100 * row["original_accuracy"], row["mean_usage"],
-               time.perf_counter() - start, workdir)
   return row
 
 
@@ -244,16 +284,27 @@ def _primaries(dataset, concept_ids):
       primary_names
 
 
-def _export_paths(workdir, result: search.SearchResult, class_names):
-  """``paths.npz`` and ``paths.json``, written atomically."""
+def export_paths(workdir: str, result: search.SearchResult,
+                 class_names: list[str]) -> None:
+  """``paths.npz``, ``paths.json`` and ``trajectory.npz``, written atomically.
+
+  ``trajectory.npz``: ``steps [T]``, ``concept_ids [N]`` and per site
+  ``flips/<site> int32 [N, S, T]`` and ``usage/<site> float32 [N, S, T]``
+  (see ``search.SearchResult.trajectory``).
+  """
   arrays = {"concept_ids": result.concept_ids,
             "class_names": np.asarray(class_names)}
   for site, logits in result.gate_logits.items():
     arrays[f"path/{site}"] = logits > 0
     arrays[f"gate_logits/{site}"] = logits
-  tmp = os.path.join(workdir, "paths.tmp.npz")
-  np.savez_compressed(tmp, **arrays)
-  os.replace(tmp, os.path.join(workdir, "paths.npz"))
+  _write_npz(os.path.join(workdir, "paths.npz"), arrays)
+  if result.trajectory:
+    trajectory = {"steps": result.trajectory["steps"],
+                  "concept_ids": result.concept_ids}
+    for key in ("flips", "usage"):
+      for site, values in result.trajectory[key].items():
+        trajectory[f"{key}/{site}"] = values
+    _write_npz(os.path.join(workdir, "trajectory.npz"), trajectory)
   concepts = []
   num_seeds = next(iter(result.gate_logits.values())).shape[1]
   for i, (class_id, name) in enumerate(zip(result.concept_ids, class_names)):
@@ -266,6 +317,12 @@ def _export_paths(workdir, result: search.SearchResult, class_names):
       "sites": {site: int(v.shape[-1]) for site, v in
                 result.gate_logits.items()},
       "concepts": concepts})
+
+
+def _write_npz(path, arrays):
+  tmp = path[:-len(".npz")] + ".tmp.npz"
+  np.savez_compressed(tmp, **arrays)
+  os.replace(tmp, path)
 
 
 def _write_json(path, obj):

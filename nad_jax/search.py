@@ -16,13 +16,29 @@ last one padded, so the step compiles once per shape). A concept stops after
 paths has changed for ``patience`` steps (its gates are then frozen while
 the rest of its chunk goes on).
 
+The chunk's state (gate logits, optimiser state, patience counters, metric
+sums) stays on the device between steps: the host dispatches steps without
+waiting for them and looks at the state only every ``log_every`` steps (and
+when it records the trajectory, saves a checkpoint or ends the chunk), so
+the next batch is prepared while the device computes. A chunk whose
+concepts have all stopped (patience) is noticed at the next look.
+
+Path trajectory: every ``trajectory_every`` steps of a concept (and at its
+last step) the search records, per site and seed, how many units' binary
+value changed since the previous record and the share of units selected
+(``SearchResult.trajectory``; ``pipeline`` writes it as
+``trajectory.npz``), so a user can see whether paths converged.
+
 Memory per step: K * S forward+backward passes of a batch of B images (all
 site activations kept for the backward pass) plus K reference forward passes.
 """
 
+
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -67,13 +83,18 @@ def make_search_step(model, objective: Callable[..., Any],
   """The jitted, vmapped search step.
 
   Returns:
-    ``step(variables, gate_logits, opt_state, active, images, labels)`` ->
-    ``(gate_logits, opt_state, metrics)`` where ``gate_logits`` is
-    ``{site: [K, S, C]}``, ``opt_state`` has leading ``[K, S]`` axes,
-    ``active [K, S]`` bool says which (concept, seed) may still change,
-    ``images [K, B, H, W, 3]``, ``labels [K, B]``; ``metrics`` holds ``loss``,
-    ``changed`` (the binary path changed) and ``valid`` (the objective took
-    the batch), each ``[K, S]``.
+    ``step(variables, chunk, images, labels, patience)`` ->
+    ``(chunk, metrics)``. ``chunk`` is the chunk's state (donated):
+    ``gate_logits {site: [K, S, C]}``, ``opt_state`` (leading ``[K, S]``),
+    ``stable [K, S] int32`` (steps since the binary path last changed) and
+    ``sums`` (``loss``, ``changed``, ``valid``, ``active``, each ``[K, S]``,
+    summed over the steps since the host last reset them).
+    ``images [K, B, H, W, 3]``, ``labels [K, B]``; ``patience`` an int32
+    scalar (0: never stop). A (concept, seed) is active while
+    ``stable < patience`` (always when patience is 0); an inactive one keeps
+    its gates. ``metrics`` holds this step's ``loss``, ``changed`` (the
+    binary path changed), ``valid`` (the objective took the batch) and
+    ``active``, each ``[K, S]``.
   """
 
   def concept_step(variables, gate_logits, opt_state, active, images, labels):
@@ -109,7 +130,28 @@ def make_search_step(model, objective: Callable[..., Any],
     return jax.vmap(seed_step)(gate_logits, opt_state, active)
 
   batched = jax.vmap(concept_step, in_axes=(None, 0, 0, 0, 0, 0))
-  return jax.jit(batched, donate_argnums=(1, 2))
+
+  def step(variables, chunk, images, labels, patience):
+    stable = chunk["stable"]
+    active = jnp.logical_or(patience <= 0, stable < patience)
+    gate_logits, opt_state, metrics = batched(
+        variables, chunk["gate_logits"], chunk["opt_state"], active, images,
+        labels)
+    changed = jnp.logical_and(metrics["changed"], active)
+    stable = jnp.where(active, jnp.where(changed, 0, stable + 1), stable)
+    metrics = dict(metrics, changed=changed, active=active)
+    sums = chunk["sums"]
+    sums = {
+        "loss": sums["loss"] + jnp.where(active, metrics["loss"], 0.0),
+        "changed": sums["changed"] + changed.astype(jnp.int32),
+        "valid": sums["valid"] + jnp.logical_and(
+            metrics["valid"], active).astype(jnp.int32),
+        "active": sums["active"] + active.astype(jnp.int32),
+    }
+    return {"gate_logits": gate_logits, "opt_state": opt_state,
+            "stable": stable, "sums": sums}, metrics
+
+  return jax.jit(step, donate_argnums=(1,))
 
 
 @dataclasses.dataclass
@@ -121,11 +163,19 @@ class SearchResult:
     gate_logits: ``{site: [N, S, C]}`` real-valued gate logits.
     steps_done: ``[N]`` steps each concept was trained for.
     done: ``[N]`` whether each concept finished (budget or patience).
+    trajectory: ``steps [T]`` (the step of each record: every
+      ``trajectory_every`` steps, the last one at the budget),
+      ``flips {site: int32 [N, S, T]}`` (units whose binary value changed
+      since the previous record; the first record compares with the
+      initial gates) and ``usage {site: float32 [N, S, T]}`` (share of the
+      site's units selected). After a concept stopped its flips are 0 and
+      its usage stays at its last value.
   """
   concept_ids: np.ndarray
   gate_logits: dict[str, np.ndarray]
   steps_done: np.ndarray
   done: np.ndarray
+  trajectory: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
   def paths(self) -> dict[str, np.ndarray]:
@@ -133,103 +183,73 @@ class SearchResult:
     return {site: logits > 0 for site, logits in self.gate_logits.items()}
 
 
-def _initial_state(seed, concept_ids, num_seeds, site_channels, optimizer):
-  gate_logits = init_gate_logits(seed, concept_ids, num_seeds, site_channels)
+# Re-exported: the meta and the resume policy live in checkpoint.py.
+search_meta = checkpoint_lib.search_meta
+check_resumable = checkpoint_lib.check_resumable
+
+
+def _num_records(num_steps: int, every: int) -> int:
+  return -(-int(num_steps) // int(every))
+
+
+def init_state(concept_ids: Sequence[int], meta: Mapping[str, Any],
+               optimizer: optax.GradientTransformation) -> dict[str, Any]:
+  """A fresh search state (host numpy) for ``concept_ids``.
+
+  Args:
+    concept_ids: the N concepts.
+    meta: the run's :func:`search_meta` (sites, seed, seeds, budget and
+      trajectory interval).
+    optimizer: gives the optimiser state's structure.
+
+  Returns:
+    The state described in ``nad_jax.checkpoint``.
+  """
+  site_channels = meta["site_channels"]
+  num_seeds = int(meta["num_seeds"])
+  gate_logits = init_gate_logits(int(meta["seed"]), concept_ids, num_seeds,
+                                 site_channels)
   opt_state = jax.vmap(jax.vmap(optimizer.init))(gate_logits)
   n = len(concept_ids)
+  records = _num_records(meta["num_steps"], meta["trajectory_every"])
   return {
       "gate_logits": gate_logits,
       "opt_state": jax.tree.map(np.asarray, opt_state),
       "stable_steps": np.zeros((n, num_seeds), np.int32),
       "steps_done": np.zeros((n,), np.int32),
       "done": np.zeros((n,), bool),
-      "rng": np.asarray(jax.random.key_data(jax.random.key(seed))),
+      "rng": np.asarray(jax.random.key_data(
+          jax.random.key(int(meta["seed"])))),
       "concept_ids": np.asarray(concept_ids, np.int32),
+      "trajectory_paths": {s: v > 0 for s, v in gate_logits.items()},
+      "trajectory_flips": {s: np.zeros((n, num_seeds, records), np.int32)
+                           for s in site_channels},
+      # -1: not recorded yet.
+      "trajectory_usage": {s: np.full((n, num_seeds, records), -1.0,
+                                      np.float32) for s in site_channels},
   }
 
 
-def search_meta(model_name: str, site_channels: Mapping[str, int],
-                concept_ids: Sequence[int], *, seed: int, num_seeds: int,
-                batch_size: int, hparams: Mapping[str, Any]) -> dict[str, Any]:
-  """The JSON stored beside the state; a resume checks it (see below)."""
-  return {
-      "format_version": checkpoint_lib.FORMAT_VERSION,
-      "model": model_name,
-      "site_channels": dict(site_channels),
-      "concept_ids": [int(c) for c in concept_ids],
-      "seed": int(seed),
-      "num_seeds": int(num_seeds),
-      "batch_size": int(batch_size),
-      "hparams": dict(hparams),
-  }
-
-
-# Fields of the meta that must match for a workdir to be resumed or
-# extended; concept ids may differ (finished concepts are kept) and the step
-# budget may grow.
-_MUST_MATCH = ("model", "site_channels", "seed", "num_seeds", "batch_size",
-               "hparams")
-
-
-def check_resumable(stored: Mapping[str, Any], wanted: Mapping[str, Any],
-                    where: str) -> None:
-  """Raises a ValueError naming each field where ``stored`` != ``wanted``."""
-  diffs = []
-  for key in _MUST_MATCH:
-    if stored.get(key) != wanted.get(key):
-      diffs.append(f"{key}: checkpoint has {stored.get(key)!r}, this run "
-                   f"has {wanted.get(key)!r}")
-  if diffs:
-    raise ValueError(
-        f"the checkpoint in {where} belongs to a different search and was "
-        f"left untouched; use another --workdir or remove it. Differences: "
-        + "; ".join(diffs))
-
-
-def _restore_or_init(checkpointer, meta, seed, concept_ids, num_seeds,
-                     site_channels, optimizer):
-  """The state to start from: a fresh one, the stored one, or a merge."""
-  fresh = _initial_state(seed, concept_ids, num_seeds, site_channels,
-                         optimizer)
-  if checkpointer is None or checkpointer.latest_step() is None:
-    return fresh, 0
-  step = checkpointer.latest_step()
-  stored_meta = checkpointer.restore_meta(step)
-  check_resumable(stored_meta, meta, checkpointer.directory)
-  stored_ids = stored_meta["concept_ids"]
-  template = _initial_state(seed, stored_ids, num_seeds, site_channels,
-                            optimizer)
-  stored = checkpointer.restore_state(template, step)
-  if list(stored_ids) == [int(c) for c in concept_ids]:
-    logging.info("Resuming the search from %s (step %d).",
-                 checkpointer.directory, step)
-    return stored, step
-  # Another concept set: keep what the stored run did for shared concepts.
-  position = {c: i for i, c in enumerate(stored_ids)}
-  rows_new, rows_old = [], []
-  for i, c in enumerate(concept_ids):
-    if int(c) in position:
-      rows_new.append(i)
-      rows_old.append(position[int(c)])
-  logging.info("Extending the search in %s: %d of %d concepts carried over.",
-               checkpointer.directory, len(rows_new), len(concept_ids))
-  if rows_new:
-    rows_new, rows_old = np.asarray(rows_new), np.asarray(rows_old)
-
-    def merge(f, s):
-      if f.ndim == 0 or f.shape[:1] != (len(concept_ids),):
-        return f  # rng and other global leaves
-      f = f.copy()
-      f[rows_new] = s[rows_old]
-      return f
-
-    per_concept = {k: v for k, v in fresh.items() if k != "rng"}
-    stored_per_concept = {k: stored[k] for k in per_concept}
-    merged = jax.tree.map(merge, per_concept, stored_per_concept)
-    merged["rng"] = fresh["rng"]
-    merged["concept_ids"] = fresh["concept_ids"]
-    return merged, step
-  return fresh, step
+def resize_state(state: dict[str, Any], stored_meta: Mapping[str, Any],
+                 meta: Mapping[str, Any]) -> dict[str, Any]:
+  """Adapts a restored state's trajectory to this run's step budget."""
+  records = _num_records(meta["num_steps"], meta["trajectory_every"])
+  stored = _num_records(stored_meta["num_steps"],
+                        stored_meta["trajectory_every"])
+  if records == stored:
+    return state
+  state = dict(state)
+  for key, fill in (("trajectory_flips", 0), ("trajectory_usage", -1.0)):
+    resized = {}
+    for site, values in state[key].items():
+      if records < stored:
+        resized[site] = values[..., :records]
+      else:
+        pad = np.full(values.shape[:-1] + (records - stored,), fill,
+                      values.dtype)
+        resized[site] = np.concatenate([values, pad], axis=-1)
+    state[key] = resized
+  return state
 
 
 def disentangle(
@@ -250,6 +270,7 @@ def disentangle(
     meta: Mapping[str, Any] | None = None,
     checkpoint_every: int = 50,
     log_every: int = 10,
+    trajectory_every: int = 0,
     stop_after_steps: int = 0,
     step_fn: Callable | None = None,
 ) -> SearchResult:
@@ -278,7 +299,10 @@ def disentangle(
       written.
     checkpoint_every: save every this many steps (and at the end of each
       chunk and of the search).
-    log_every: log progress every this many steps.
+    log_every: log progress every this many steps (0: never).
+    trajectory_every: record the path trajectory every this many steps
+      (0: ``log_every``, or 10 if that is 0). A resumed run keeps the
+      stored run's interval.
     stop_after_steps: if > 0, return after this many steps of this call (a
       checkpoint is written; a rerun resumes). For time-boxed jobs and tests.
     step_fn: a prebuilt :func:`make_search_step` (to share its compilation).
@@ -286,6 +310,56 @@ def disentangle(
   Returns:
     A :class:`SearchResult` for all ``concept_ids``.
   """
+  concept_ids = _check_arguments(dataset, concept_ids, num_steps, batch_size,
+                                 concepts_per_step, num_seeds)
+  site_channels = model.gate_sites()
+  if meta is None:
+    meta = search_meta(type(model).__name__, site_channels, concept_ids,
+                       seed=seed, num_seeds=num_seeds, batch_size=batch_size,
+                       hparams={})
+  meta = dict(meta, concept_ids=concept_ids, num_steps=int(num_steps),
+              trajectory_every=int(trajectory_every or log_every or 10))
+
+  checkpointer = (checkpoint_lib.SearchCheckpointer(workdir)
+                  if workdir is not None else None)
+  state, total_step, meta = checkpoint_lib.restore_or_init(
+      checkpointer, meta,
+      functools.partial(_init_for_restore, optimizer=optimizer), resize_state)
+  # The step budget may have changed since the checkpoint was written.
+  state["done"] = _is_done(state, num_steps, patience)
+
+  run = _Run(
+      model=model, dataset=dataset, step_fn=step_fn or make_search_step(
+          model, objective, optimizer),
+      mesh=_concept_mesh(), concepts_per_step=concepts_per_step,
+      num_steps=int(num_steps), batch_size=int(batch_size),
+      patience=int(patience), log_every=int(log_every),
+      trajectory_every=int(meta["trajectory_every"]),
+      checkpoint_every=int(checkpoint_every),
+      stop_after_steps=int(stop_after_steps), checkpointer=checkpointer,
+      meta=meta, total_step=total_step, last_saved=total_step)
+  variables = jax.device_put(variables, run.replicated)
+  run.num_chunks = -(-int(np.sum(~state["done"])) // run.k)
+  while not np.all(state["done"]) and not run.out_of_budget():
+    _run_chunk(run, variables, state, _next_chunk(state, run.k))
+  if checkpointer is not None:
+    if run.total_step != run.last_saved:
+      checkpointer.save(run.total_step, state, meta)
+    checkpointer.wait()
+    checkpointer.close()
+  return SearchResult(
+      concept_ids=np.asarray(concept_ids),
+      gate_logits={s: np.asarray(v) for s, v in state["gate_logits"].items()},
+      steps_done=state["steps_done"].copy(), done=state["done"].copy(),
+      trajectory=_trajectory(state, num_steps, run.trajectory_every))
+
+
+def _init_for_restore(concept_ids, meta, *, optimizer):
+  return init_state(concept_ids, meta, optimizer)
+
+
+def _check_arguments(dataset, concept_ids, num_steps, batch_size,
+                     concepts_per_step, num_seeds) -> list[int]:
   if num_steps <= 0:
     raise ValueError(f"num_steps must be positive, got {num_steps}")
   if batch_size <= 0 or concepts_per_step <= 0 or num_seeds <= 0:
@@ -298,96 +372,166 @@ def disentangle(
   if len(set(concept_ids)) != len(concept_ids):
     raise ValueError(f"concept ids repeat: {concept_ids}")
   data_base.check_class_ids(concept_ids, len(dataset.class_names))
-  site_channels = model.gate_sites()
-  if meta is None:
-    meta = search_meta(type(model).__name__, site_channels, concept_ids,
-                       seed=seed, num_seeds=num_seeds, batch_size=batch_size,
-                       hparams={})
+  return concept_ids
 
-  checkpointer = (checkpoint_lib.SearchCheckpointer(workdir)
-                  if workdir is not None else None)
-  state, total_step = _restore_or_init(checkpointer, meta, seed, concept_ids,
-                                       num_seeds, site_channels, optimizer)
-  # The step budget may have changed since the checkpoint was written.
-  state["done"] = _is_done(state, num_steps, patience)
 
-  devices = jax.devices()
-  mesh = Mesh(np.asarray(devices), ("concepts",))
-  sharded = NamedSharding(mesh, PartitionSpec("concepts"))
-  replicated = NamedSharding(mesh, PartitionSpec())
-  k = -(-concepts_per_step // len(devices)) * len(devices)
-  variables = jax.device_put(variables, replicated)
-  step_fn = step_fn or make_search_step(model, objective, optimizer)
+def _concept_mesh() -> Mesh:
+  return Mesh(np.asarray(jax.devices()), ("concepts",))
 
-  steps_this_call = 0
-  last_saved = total_step
-  num_chunks_left = -(-int(np.sum(~state["done"])) // k)
-  chunk_number = 0
-  while not np.all(state["done"]):
-    if stop_after_steps and steps_this_call >= stop_after_steps:
+
+@dataclasses.dataclass
+class _Run:
+  """What one call of :func:`disentangle` carries from chunk to chunk."""
+  model: Any
+  dataset: Any
+  step_fn: Callable
+  mesh: Mesh
+  concepts_per_step: int
+  num_steps: int
+  batch_size: int
+  patience: int
+  log_every: int
+  trajectory_every: int
+  checkpoint_every: int
+  stop_after_steps: int
+  checkpointer: checkpoint_lib.SearchCheckpointer | None
+  meta: dict[str, Any]
+  total_step: int
+  last_saved: int
+  steps_this_call: int = 0
+  num_chunks: int = 0
+  chunk_number: int = 0
+
+  @property
+  def k(self) -> int:
+    """Concepts per step, a multiple of the number of devices."""
+    devices = self.mesh.devices.size
+    return -(-self.concepts_per_step // devices) * devices
+
+  @property
+  def sharded(self) -> NamedSharding:
+    return NamedSharding(self.mesh, PartitionSpec("concepts"))
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, PartitionSpec())
+
+  def out_of_budget(self) -> bool:
+    return bool(self.stop_after_steps
+                and self.steps_this_call >= self.stop_after_steps)
+
+  def save_due(self) -> bool:
+    return bool(self.checkpointer is not None and self.checkpoint_every
+                and self.total_step % self.checkpoint_every == 0)
+
+
+def _run_chunk(run: _Run, variables, state, rows: np.ndarray) -> None:
+  """Steps one chunk of concepts until they stop or the call's budget ends.
+
+  The chunk's state lives on the device; the host looks at it (and writes
+  it back into ``state``) only to log, record the trajectory, save, or end.
+  """
+  k = run.k
+  run.chunk_number += 1
+  padded = np.concatenate([rows, np.repeat(rows[-1:], k - len(rows))])
+  real = np.arange(k) < len(rows)
+  chunk_ids = state["concept_ids"][padded]
+  step = int(state["steps_done"][rows[0]])
+  logging.info("Chunk %d/%d: concepts %s, from step %d of %d.",
+               run.chunk_number, run.num_chunks, chunk_ids[real].tolist(),
+               step, run.num_steps)
+  num_seeds = state["stable_steps"].shape[1]
+  chunk = jax.device_put({
+      "gate_logits": jax.tree.map(lambda x: x[padded], state["gate_logits"]),
+      "opt_state": jax.tree.map(lambda x: x[padded], state["opt_state"]),
+      "stable": state["stable_steps"][padded],
+      "sums": _zero_sums(k, num_seeds),
+  }, run.sharded)
+  patience = jnp.asarray(run.patience, jnp.int32)
+  progress = _Progress(run, state, rows, step)
+  in_flight = collections.deque()
+  while step < run.num_steps and not run.out_of_budget():
+    images, labels = run.dataset.concept_batch(chunk_ids, step,
+                                               run.batch_size)
+    chunk, metrics = run.step_fn(
+        variables, chunk,
+        jax.device_put(np.asarray(images, np.float32), run.sharded),
+        jax.device_put(np.asarray(labels, np.int32), run.sharded), patience)
+    step += 1
+    run.total_step += 1
+    run.steps_this_call += 1
+    # Let the host run at most two steps ahead of the device.
+    in_flight.append(metrics["loss"])
+    if len(in_flight) > 2:
+      in_flight.popleft().block_until_ready()
+    record = step % run.trajectory_every == 0 or step == run.num_steps
+    logs = bool(run.log_every) and (step % run.log_every == 0
+                                    or step == run.num_steps)
+    save = run.save_due()
+    if not (record or logs or save or run.out_of_budget()):
+      continue
+    host = jax.device_get(chunk)
+    chunk = dict(chunk, sums=jax.device_put(_zero_sums(k, num_seeds),
+                                            run.sharded))
+    _write_back(state, rows, host, step, run)
+    if record:
+      _record_trajectory(state, rows, step, run.trajectory_every)
+    if logs:
+      progress.log(step, host["sums"], real)
+    stopped = run.patience > 0 and np.all(state["done"][rows])
+    if stopped and not record:
+      _record_trajectory(state, rows, step, run.trajectory_every)
+    if save:
+      run.checkpointer.save(run.total_step, state, run.meta)
+      run.last_saved = run.total_step
+    if stopped:
       break
-    chunk_number += 1
-    rows = _next_chunk(state, k)
-    padded = np.concatenate([rows, np.repeat(rows[-1:], k - len(rows))])
-    real = np.arange(k) < len(rows)
-    chunk_ids = np.asarray(concept_ids)[padded]
-    gate_logits = jax.device_put(
-        jax.tree.map(lambda x: x[padded], state["gate_logits"]), sharded)
-    opt_state = jax.device_put(
-        jax.tree.map(lambda x: x[padded], state["opt_state"]), sharded)
-    stable = state["stable_steps"][padded].copy()
-    step = int(state["steps_done"][rows[0]])
-    logging.info("Chunk %d/%d: concepts %s, from step %d of %d.",
-                 chunk_number, num_chunks_left, chunk_ids[real].tolist(),
-                 step, num_steps)
-    tick, tick_step = time.perf_counter(), step
-    while step < num_steps:
-      active = stable < patience if patience > 0 else np.ones_like(
-          stable, bool)
-      if not np.any(active[real]):
-        break
-      if stop_after_steps and steps_this_call >= stop_after_steps:
-        break
-      images, labels = dataset.concept_batch(chunk_ids, step, batch_size)
-      gate_logits, opt_state, metrics = step_fn(
-          variables, gate_logits, opt_state,
-          jax.device_put(active, sharded),
-          jax.device_put(np.asarray(images, np.float32), sharded),
-          jax.device_put(np.asarray(labels, np.int32), sharded))
-      changed = np.asarray(metrics["changed"])
-      stable = np.where(active & ~changed, stable + 1,
-                        np.where(active, 0, stable))
-      step += 1
-      total_step += 1
-      steps_this_call += 1
-      if log_every and (step % log_every == 0 or step == num_steps):
-        elapsed = time.perf_counter() - tick
-        rate = (step - tick_step) * k * batch_size / max(elapsed, 1e-9)
-        loss = np.asarray(metrics["loss"])[real]
-        logging.info(
-            "  step %4d/%d  loss %.4g  paths changed %3.0f%%  "
-            "skipped batches %3.0f%%  %.0f images*concepts/s", step,
-            num_steps, float(np.mean(loss)), 100 * np.mean(changed[real]),
-            100 * (1 - np.mean(np.asarray(metrics["valid"])[real])), rate)
-        tick, tick_step = time.perf_counter(), step
-      if checkpointer is not None and checkpoint_every and (
-          total_step % checkpoint_every == 0):
-        _write_back(state, rows, gate_logits, opt_state, stable, step,
-                    num_steps, patience)
-        checkpointer.save(total_step, state, meta)
-        last_saved = total_step
-    _write_back(state, rows, gate_logits, opt_state, stable, step,
-                num_steps, patience)
-    if checkpointer is not None and total_step != last_saved:
-      checkpointer.save(total_step, state, meta)
-      last_saved = total_step
-  if checkpointer is not None:
-    checkpointer.wait()
-    checkpointer.close()
-  return SearchResult(
-      concept_ids=np.asarray(concept_ids),
-      gate_logits={k_: np.asarray(v) for k_, v in state["gate_logits"].items()},
-      steps_done=state["steps_done"].copy(), done=state["done"].copy())
+
+
+def _zero_sums(k, num_seeds):
+  return {"loss": np.zeros((k, num_seeds), np.float32),
+          "changed": np.zeros((k, num_seeds), np.int32),
+          "valid": np.zeros((k, num_seeds), np.int32),
+          "active": np.zeros((k, num_seeds), np.int32)}
+
+
+class _Progress:
+  """The progress line: chunk, step, loss, path changes, rate and ETA."""
+
+  def __init__(self, run: _Run, state, rows, step):
+    self.run = run
+    self.tick = time.perf_counter()
+    self.tick_step = step
+    # Chunk-steps left after this chunk (an upper bound with patience).
+    pending = np.flatnonzero(~state["done"])
+    others = np.setdiff1d(pending, rows)
+    self.steps_after_chunk = (
+        float(np.sum(run.num_steps - state["steps_done"][others])) / run.k)
+
+  def log(self, step, sums, real):
+    run = self.run
+    elapsed = time.perf_counter() - self.tick
+    steps = max(step - self.tick_step, 1)
+    seconds_per_step = elapsed / steps
+    rate = steps * run.k * run.batch_size / max(elapsed, 1e-9)
+    active = np.maximum(sums["active"][real], 1)
+    left = (run.num_steps - step) + self.steps_after_chunk
+    logging.info(
+        "  chunk %d/%d  step %4d/%d  loss %.4g  paths changed %3.0f%%  "
+        "skipped batches %3.0f%%  active %3.0f%%  %.0f images*concepts/s  "
+        "ETA %s", run.chunk_number, run.num_chunks, step, run.num_steps,
+        float(np.sum(sums["loss"][real]) / np.sum(active)),
+        100 * float(np.sum(sums["changed"][real]) / np.sum(active)),
+        100 * (1 - float(np.sum(sums["valid"][real]) / np.sum(active))),
+        100 * float(np.mean(sums["active"][real] > 0)), rate,
+        _duration(left * seconds_per_step))
+    self.tick, self.tick_step = time.perf_counter(), step
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
 def _is_done(state, num_steps, patience):
@@ -405,18 +549,46 @@ def _next_chunk(state, k):
   return same[:k]
 
 
-def _write_back(state, rows, gate_logits, opt_state, stable, step,
-                num_steps, patience):
-  """Copies the chunk's arrays into the run's state (real rows only)."""
+def _write_back(state, rows, chunk, step, run: _Run):
+  """Copies the chunk's host copy into the run's state (real rows only)."""
   n = len(rows)
 
-  def put(full, chunk):
+  def put(full, part):
     full = np.array(full, copy=True)
-    full[rows] = np.asarray(chunk)[:n]
+    full[rows] = np.asarray(part)[:n]
     return full
 
-  state["gate_logits"] = jax.tree.map(put, state["gate_logits"], gate_logits)
-  state["opt_state"] = jax.tree.map(put, state["opt_state"], opt_state)
-  state["stable_steps"][rows] = stable[:n]
+  state["gate_logits"] = jax.tree.map(put, state["gate_logits"],
+                                      chunk["gate_logits"])
+  state["opt_state"] = jax.tree.map(put, state["opt_state"],
+                                    chunk["opt_state"])
+  state["stable_steps"][rows] = np.asarray(chunk["stable"])[:n]
   state["steps_done"][rows] = step
-  state["done"] = _is_done(state, num_steps, patience)
+  state["done"] = _is_done(state, run.num_steps, run.patience)
+
+
+def _record_trajectory(state, rows, step, every):
+  """Adds the flips since the last record to the record of ``step``."""
+  slot = -(-step // every) - 1
+  for site, logits in state["gate_logits"].items():
+    paths = logits[rows] > 0
+    flips = np.sum(paths != state["trajectory_paths"][site][rows], axis=-1)
+    state["trajectory_flips"][site][rows, :, slot] += flips.astype(np.int32)
+    state["trajectory_usage"][site][rows, :, slot] = paths.mean(-1)
+    state["trajectory_paths"][site][rows] = paths
+
+
+def _trajectory(state, num_steps, every) -> dict[str, Any]:
+  """The recorded trajectory, usage carried forward after a concept stops."""
+  records = _num_records(num_steps, every)
+  steps = np.minimum(np.arange(1, records + 1) * every, num_steps)
+  usage = {}
+  for site, values in state["trajectory_usage"].items():
+    values = values.copy()
+    for t in range(1, records):
+      missing = values[..., t] < 0
+      values[..., t] = np.where(missing, values[..., t - 1], values[..., t])
+    usage[site] = values
+  return {"steps": steps.astype(np.int32),
+          "flips": {s: v.copy() for s, v in state["trajectory_flips"].items()},
+          "usage": usage}

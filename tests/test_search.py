@@ -25,7 +25,7 @@ def _run(concept_ids, *, concepts_per_step, num_steps=6, num_seeds=2,
       objective=OBJECTIVE, optimizer=optim.nad_optimizer(0.3),
       num_steps=num_steps, batch_size=4, concepts_per_step=concepts_per_step,
       num_seeds=num_seeds, seed=3, workdir=workdir, step_fn=step_fn or STEP,
-      log_every=0, **kwargs)
+      **{"log_every": 0, **kwargs})
 
 
 def test_vmapped_search_equals_separate_searches():
@@ -122,3 +122,67 @@ def test_bad_input(kwargs, message):
   concept_ids = kwargs.pop("concept_ids", [0])
   with pytest.raises(ValueError, match=message):
     _run(concept_ids, concepts_per_step=1, **kwargs)
+
+
+def test_trajectory_matches_separate_shorter_runs():
+  """Flips and usage at each record equal those of runs stopped there."""
+  every, num_steps = 2, 7  # records at steps 2, 4, 6 and 7
+  result = _run([1, 3], concepts_per_step=2, num_steps=num_steps,
+                trajectory_every=every)
+  trajectory = result.trajectory
+  np.testing.assert_array_equal(trajectory["steps"], [2, 4, 6, 7])
+  previous = search.init_gate_logits(3, [1, 3], 2, tiny.TinyNet().gate_sites())
+  for t, step in enumerate(trajectory["steps"]):
+    # A run with a budget of `step` steps is the first `step` steps.
+    shorter = _run([1, 3], concepts_per_step=2, num_steps=int(step))
+    for site, logits in shorter.gate_logits.items():
+      flips = np.sum((logits > 0) != (previous[site] > 0), axis=-1)
+      np.testing.assert_array_equal(trajectory["flips"][site][..., t], flips)
+      np.testing.assert_allclose(trajectory["usage"][site][..., t],
+                                 (logits > 0).mean(-1), rtol=1e-6)
+    previous = shorter.gate_logits
+  assert sum(int(v.sum()) for v in trajectory["flips"].values()) > 0
+
+
+def test_trajectory_after_a_patience_stop_is_flat():
+  result = _run([0, 1], concepts_per_step=2, num_steps=200, patience=3,
+                trajectory_every=5)
+  assert np.all(result.steps_done < 200)
+  last = (result.steps_done.max() + 4) // 5  # records up to the stop
+  for site, flips in result.trajectory["flips"].items():
+    assert np.all(flips[..., last:] == 0)
+    usage = result.trajectory["usage"][site]
+    np.testing.assert_array_equal(
+        usage[..., last:], np.repeat(usage[..., last - 1:last],
+                                     usage.shape[-1] - last, axis=-1))
+    np.testing.assert_allclose(usage[..., -1],
+                               result.paths[site].mean(-1), rtol=1e-6)
+
+
+def test_resumed_trajectory_equals_uninterrupted(tmp_path):
+  full = _run([0, 1, 3], concepts_per_step=2, num_steps=7,
+              trajectory_every=2)
+  workdir = str(tmp_path / "run")
+  _run([0, 1, 3], concepts_per_step=2, num_steps=7, workdir=workdir,
+       stop_after_steps=5, checkpoint_every=3, trajectory_every=2)
+  resumed = _run([0, 1, 3], concepts_per_step=2, num_steps=7,
+                 workdir=workdir, checkpoint_every=3, trajectory_every=2)
+  for key in ("flips", "usage"):
+    for site, values in full.trajectory[key].items():
+      np.testing.assert_allclose(resumed.trajectory[key][site], values,
+                                 rtol=1e-6)
+
+
+def test_host_reads_the_device_state_only_at_sync_points(monkeypatch):
+  """No host round trip per step: the host looks every log_every steps."""
+  calls = []
+  real_get = jax.device_get
+
+  def counting_get(tree):
+    calls.append(1)
+    return real_get(tree)
+
+  monkeypatch.setattr(search.jax, "device_get", counting_get)
+  _run([0, 1], concepts_per_step=2, num_steps=20, log_every=5,
+       trajectory_every=5)
+  assert len(calls) == 4  # steps 5, 10, 15, 20
