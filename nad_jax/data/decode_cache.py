@@ -273,6 +273,7 @@ class DecodeCache:
     self._pool = None
     self._builder = None
     self._lock = threading.Lock()
+    self._closing = threading.Event()
 
   def bytes_per_image(self) -> int:
     """Cache bytes of one image (its canvas or crop)."""
@@ -299,11 +300,19 @@ class DecodeCache:
             self.num_workers, thread_name_prefix="nad_cache")
     return list(self._pool.map(fn, items))
 
-  def build(self, class_ids: Sequence[int]) -> ChunkCache:
+  def build(self, class_ids: Sequence[int],
+            num_slots: int | None = None) -> ChunkCache:
     """Decodes every train image of ``class_ids`` (repeats decoded once).
 
+    Args:
+      class_ids: the chunk's classes.
+      num_slots: images per class the arrays hold (at least the largest
+        class; default: exactly that). A run fixes it so that every chunk
+        has the same shape and the step compiles once.
+
     Raises:
-      ValueError: a class has no (readable) train image, naming it.
+      ValueError: a class has no (readable) train image, naming it, or has
+        more than ``num_slots``.
     """
     start = time.perf_counter()
     class_ids = np.asarray([int(c) for c in class_ids], np.int64)
@@ -317,6 +326,11 @@ class DecodeCache:
         raise ValueError(f"class {c} {dataset.class_names[c]!r} has no "
                          f"train images")
     n_max = max(counts.values())
+    if num_slots is not None:
+      if num_slots < n_max:
+        raise ValueError(f"num_slots={num_slots} < {n_max} train images of "
+                         f"a class of {class_ids.tolist()}")
+      n_max = int(num_slots)
     rows, cols = self.max_size
     k = len(unique)
     dtype = np.float32 if self.is_demo else np.uint8
@@ -336,6 +350,8 @@ class DecodeCache:
       labels = np.asarray(unique, np.int32)
     else:
       def load(task):
+        if self._closing.is_set():
+          return
         row, c, index = task
         image = dataset.decode("train", c, index)
         if image is None:
@@ -353,6 +369,8 @@ class DecodeCache:
 
       self._map(load, [(row, c, i) for row, c in enumerate(unique)
                        for i in range(counts[c])])
+      if self._closing.is_set():
+        raise concurrent.futures.CancelledError("decode cache closed")
       labels = np.asarray(dataset.labels(unique), np.int32)
 
     slot_of = {}
@@ -385,7 +403,7 @@ class DecodeCache:
         cache.placement)
     return cache
 
-  def prefetch(self, class_ids: Sequence[int]
+  def prefetch(self, class_ids: Sequence[int], num_slots: int | None = None
                ) -> concurrent.futures.Future[ChunkCache]:
     """Starts :meth:`build` on a background thread; returns its future.
 
@@ -396,14 +414,17 @@ class DecodeCache:
       if self._builder is None:
         self._builder = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="nad_cache_build")
-    return self._builder.submit(self.build, list(class_ids))
+    return self._builder.submit(self.build, list(class_ids), num_slots)
 
   def close(self) -> None:
-    """Stops the threads (waits for a running build)."""
+    """Stops the threads; a build in progress stops early (its future
+    raises ``CancelledError``)."""
+    self._closing.set()
     for pool in (self._builder, self._pool):
       if pool is not None:
-        pool.shutdown()
+        pool.shutdown(cancel_futures=True)
     self._builder = self._pool = None
+    self._closing.clear()
 
   def __enter__(self) -> DecodeCache:
     return self

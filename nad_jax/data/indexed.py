@@ -20,6 +20,7 @@ Memory: one batch of K * B float32 images (0.6 MB each at 224x224) plus
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import threading
 from collections.abc import Iterator, Sequence
 
@@ -68,6 +69,10 @@ class IndexedConceptDataset:
     self.label_of: np.ndarray | None = None
     self._lock = threading.Lock()
     self._pool = None
+    # Optional fixed crops: (class id, step, b, height, width) -> (top,
+    # left, h, w, flip) replaces the random box and flip of search batches
+    # (to compare with the device pipeline given the same boxes).
+    self.box_source = None
 
   # Subclasses provide these three.
   def _count(self, split: str, class_id: int) -> int:
@@ -119,6 +124,10 @@ class IndexedConceptDataset:
       return None
     if augment == "none":
       return preprocess.eval_transform(image, self.image_size)
+    if callable(rng):  # a fixed box and flip (box_source)
+      *box, flip = rng(image.height, image.width)
+      return preprocess.crop_flip_normalize(image, box, flip,
+                                            self.image_size)
     return preprocess.augment_transform(image, rng, self.image_size)
 
   def _map(self, tasks: list[tuple]) -> list[np.ndarray | None]:
@@ -147,7 +156,11 @@ class IndexedConceptDataset:
       indices = base.sample_indices(count, self.seed, class_id, step,
                                     batch_size)
       for b, index in enumerate(indices):
-        rng = preprocess.image_rng(self.seed, class_id, step * batch_size + b)
+        if self.box_source is not None:
+          rng = functools.partial(self.box_source, class_id, step, b)
+        else:
+          rng = preprocess.image_rng(self.seed, class_id,
+                                     step * batch_size + b)
         tasks.append(("train", class_id, int(index), self.augment, rng))
         counts.append(count)
     images = self._map(tasks)
