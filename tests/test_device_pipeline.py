@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -100,18 +102,27 @@ def test_eval_crops_search_equals_host_search(photo_root):
     np.testing.assert_allclose(device.gate_logits[site], logits, atol=1e-5)
 
 
-def test_resumed_device_search_equals_uninterrupted(photo_root, tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(photo_root):
+  """A device-pipeline search with random boxes, and its step function."""
   dataset = folder.FolderDataset(photo_root, image_size=SIZE,
                                  augment="random_resized_crop")
   batches = _device(dataset, max_size=(96, 128))
-  # One compiled step for both runs (make_batch reads only settings).
   step_fn = search.make_search_step(tiny.TinyNet(3), OBJECTIVE,
                                     optim.nad_optimizer(0.3),
                                     batches.make_batch)
-  whole = _search(dataset, batches, step_fn=step_fn)
+  return _search(dataset, batches, step_fn=step_fn), step_fn
+
+
+def test_resumed_device_search_equals_uninterrupted(photo_root, tmp_path,
+                                                    uninterrupted):
+  whole, step_fn = uninterrupted
+  dataset = folder.FolderDataset(photo_root, image_size=SIZE,
+                                 augment="random_resized_crop")
   workdir = str(tmp_path / "run")
   # Stop inside the first chunk, then resume (with the cache in host
-  # memory this time: the same images and boxes).
+  # memory this time: the same images and boxes). The first run shares
+  # the compiled step (make_batch reads only settings).
   first = _search(dataset, _device(dataset, max_size=(96, 128)),
                   workdir=workdir, stop_after_steps=3, step_fn=step_fn)
   assert not np.all(first.done)
@@ -138,3 +149,31 @@ def test_from_config_picks_the_pipeline(photo_root):
   config.data.pipeline = "gpu"
   with pytest.raises(ValueError, match="config.data.pipeline"):
     batch_source.from_config(config, dataset)
+
+
+_TWO_DEVICES = """
+import sys
+import jax
+import numpy as np
+assert len(jax.devices()) == 2, jax.devices()
+from nad_jax.data import folder
+from tests import test_device_pipeline as t
+dataset = folder.FolderDataset(sys.argv[1], image_size=t.SIZE,
+                               augment="random_resized_crop")
+result = t._search(dataset, t._device(dataset, max_size=(96, 128)))
+np.savez(sys.argv[2], **result.gate_logits)
+"""
+
+
+def test_cache_sharded_over_two_devices_gives_the_same_search(
+    photo_root, tmp_path, uninterrupted):
+  out = tmp_path / "two.npz"
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  subprocess.run([sys.executable, "-c", _TWO_DEVICES, photo_root, str(out)],
+                 check=True, cwd=root, env=env, timeout=600)
+  two = np.load(out)
+  one, _ = uninterrupted
+  for site, logits in one.gate_logits.items():
+    np.testing.assert_allclose(two[site], logits, rtol=1e-5, atol=1e-5)
