@@ -2,23 +2,25 @@
 
   PYTHONPATH=. python3 benchmarks/bench_device_data.py [--root DIR] \
       [--classes 4] [--per_class 64] [--workers 2] [--repeats 3] \
-      [--concepts 4] [--batch 16] [--skip_cap]
+      [--concepts 4] [--batch 16] [--build_classes 2] [--skip_cap]
 
 Reads an ImageNet-shaped folder (``--root``; by default one is written to a
 temporary directory with ``make_synthetic_imagenet.py``: ``--classes``
 classes of ``--per_class`` JPEGs of 500x375 and other ImageNet sizes,
 quality 90) and prints markdown tables of:
 
-1. decode-once cache build (``DecodeCache.build``, host threads) in images
-   per second, with 1 thread and with ``--workers``, for
+1. decode-once cache build (``DecodeCache.build`` of ``--build_classes``
+   classes, host threads) in images per second, with 1 thread and with
+   ``--workers``, for
    ``random_resized_crop`` (decode + store on the canvas, Lanczos downscale
    where needed) and ``none`` (decode + eval crop);
 2. cache bytes per image and per ImageNet class (1300 images);
 3. device augmentation throughput: the jitted, concept-vmapped
    ``device_concept_batch`` (K=``--concepts`` x B=``--batch`` at 224 px)
    from a device-resident cache, images per second on the default JAX
-   backend, and the host path (``FolderDataset.concept_batch``, same
-   threads) for comparison;
+   backend (on an accelerator also with the resize in TF32,
+   ``Precision.DEFAULT``), and the host path
+   (``FolderDataset.concept_batch``, same threads) for comparison;
 4. (unless ``--skip_cap``) what the canvas cap does to the pixels: mean
    absolute difference, in 8-bit levels, between a crop drawn from the
    capped cache and torchvision's PIL ``resized_crop`` of the original,
@@ -84,24 +86,31 @@ def build_rates(root: str, classes: list[int], workers: int, repeats: int):
                                          augment=augment,
                                          num_workers=threads,
                                          placement="host")
-      caches = []
-      seconds = best_seconds(lambda: caches.append(builder.build(classes)),  # pylint: disable=cell-var-from-loop
-                             repeats)
+      caches = [None]
+
+      def build():
+        caches[0] = None  # free the previous build first
+        caches[0] = builder.build(classes)  # pylint: disable=cell-var-from-loop
+
+      seconds = best_seconds(build, repeats)
       builder.close()
-      cache = caches[-1]
+      cache = caches[0]
       rate = cache.decoded / seconds
       rows.append((augment, max(threads, 1), rate, cache))
   return rows
 
 
 def augment_rate(root: str, classes: list[int], batch: int, repeats: int,
-                 steps: int = 4):
+                 workers: int, steps: int = 4,
+                 precision=jax.lax.Precision.HIGHEST):
   dataset = folder.FolderDataset(root, augment="random_resized_crop")
   cache = decode_cache.DecodeCache(
       dataset, image_size=224, augment="random_resized_crop",
-      placement="device").build(classes)
+      num_workers=workers, placement="device").build(classes)
   table = jnp.asarray(decode_cache.index_table(cache, 0, 0, steps, batch))
   ids = jnp.asarray(cache.class_ids)
+
+  device_augment.RESIZE_PRECISION = precision
 
   @jax.jit
   def one_step(arrays, table, step):
@@ -119,6 +128,7 @@ def augment_rate(root: str, classes: list[int], batch: int, repeats: int,
       jax.block_until_ready(one_step(cache.arrays, table, step))
 
   seconds = best_seconds(run, repeats)
+  device_augment.RESIZE_PRECISION = jax.lax.Precision.HIGHEST
   return len(classes) * batch * steps / seconds, compile_seconds
 
 
@@ -187,6 +197,8 @@ def main() -> None:
   parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--concepts", type=int, default=4)
+  parser.add_argument("--build_classes", type=int, default=2,
+                      help="classes decoded per cache-build measurement")
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--skip_cap", action="store_true")
   args = parser.parse_args()
@@ -197,7 +209,9 @@ def main() -> None:
       make_synthetic_imagenet.write_folder(root, args.classes,
                                            args.per_class, 1,
                                            workers=args.workers)
-    classes = list(range(min(args.concepts, args.classes)))
+    num_classes = len([d for d in os.listdir(os.path.join(root, "train"))
+                       if not d.startswith(".")])
+    classes = list(range(min(args.concepts, num_classes)))
     print(f"{cpu_model()} ({os.cpu_count()} logical cores visible), JAX "
           f"{jax.__version__} on {jax.devices()[0].device_kind}; "
           f"{datetime.date.today()}, commit {commit()}, load average "
@@ -209,21 +223,25 @@ def main() -> None:
     print("| cache build | threads | images/s | images/s per thread | "
           "bytes per image | MB per ImageNet class (1300) |")
     print("|---|---|---|---|---|---|")
-    for augment, threads, rate, cache in build_rates(root, classes,
-                                                     args.workers,
-                                                     args.repeats):
+    for augment, threads, rate, cache in build_rates(
+        root, classes[:args.build_classes], args.workers, args.repeats):
       per_image = cache.nbytes / np.prod(cache.arrays["images"].shape[:2])
       print(f"| {augment} | {threads} | {rate:.0f} | {rate / threads:.0f} | "
             f"{per_image:.0f} | {per_image * IMAGENET_PER_CLASS / 1e6:.0f} |")
 
-    rate, compile_seconds = augment_rate(root, classes, args.batch,
-                                         args.repeats)
     print(f"\n| augmentation (K={len(classes)} x B={args.batch}, 224 px) | "
           f"threads | images/s |")
     print("|---|---|---|")
-    print(f"| device: device_concept_batch, jitted, on "
-          f"{jax.devices()[0].platform} (compile {compile_seconds:.1f} s) | "
-          f"- | {rate:.0f} |")
+    precisions = ["HIGHEST"]
+    if jax.default_backend() != "cpu":  # TF32 exists only on accelerators
+      precisions.append("DEFAULT")
+    for name in precisions:
+      rate, compile_seconds = augment_rate(
+          root, classes, args.batch, args.repeats, args.workers,
+          precision=getattr(jax.lax.Precision, name))
+      print(f"| device: device_concept_batch, jitted, on "
+            f"{jax.devices()[0].platform}, resize precision {name} "
+            f"(compile {compile_seconds:.1f} s) | - | {rate:.0f} |")
     for threads, host in host_rate(root, classes, args.batch, args.workers,
                                    args.repeats):
       print(f"| host: decode + RRC + flip + normalise (concept_batch) | "

@@ -29,7 +29,7 @@ each config file gives its command line. Fields:
   (device pipeline with ``random_resized_crop``: the stored canvas
   ``(rows, cols)``, default ``(288, 384)``, 332 kB per image, 431 MB per
   ImageNet class; larger photos are downscaled to fit, see
-  benchmarks/RESULTS.md section 7).
+  benchmarks/RESULTS.md "Device data pipeline").
 * ``objective``: ``name`` (``paper`` or ``official``), ``lam`` (paper's
   lambda), ``beta`` (official code's beta).
 * ``optim``: ``alpha``, the learning rate of the normalised SGD.

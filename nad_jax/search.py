@@ -92,8 +92,8 @@ def make_search_step(model, objective: Callable[..., Any],
 
   Returns:
     ``step(variables, chunk, *batch, patience)`` -> ``(chunk, metrics)``,
-    with ``batch = (images, labels)`` unless ``make_batch`` is given. ``chunk`` is the chunk's state (donated):
-    ``gate_logits {site: [K, S, C]}``, ``opt_state`` (leading ``[K, S]``),
+    with ``batch = (images, labels)`` unless ``make_batch`` is given.
+    ``chunk`` is the chunk's state (donated): ``gate_logits {site: [K, S, C]}``, ``opt_state`` (leading ``[K, S]``),
     ``stable [K, S] int32`` (steps since the binary path last changed) and
     ``sums`` (``loss``, ``changed``, ``valid``, ``active``, each ``[K, S]``,
     summed over the steps since the host last reset them).

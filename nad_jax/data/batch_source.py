@@ -197,9 +197,9 @@ class DeviceBatches:
     # Host-memory cache: send only this step's stored images.
     rows = decode_cache.gather_rows(self.cache, self._table[:, index])
     k = len(self.cache.class_ids)
+    slots = np.arange(self.batch_size, dtype=np.int32)
     data = dict(data, cache=rows, index=np.int32(0),
-                table=np.broadcast_to(np.arange(self.batch_size, dtype=np.int32),
-                                      (k, 1, self.batch_size)).copy())
+                table=np.broadcast_to(slots, (k, 1, self.batch_size)).copy())
     for name in ("boxes", "flips"):
       if name in data:
         data[name] = data[name][:, index:index + 1]

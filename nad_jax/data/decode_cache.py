@@ -14,12 +14,13 @@ What is stored per image depends on the augmentation:
   ``max_size = (rows, cols)`` pixels (default 288 x 384), landscape: a
   portrait photo is stored transposed (a flag per image), so 4:3 photos of
   either orientation fill it. A photo larger than the canvas is downscaled
-  (PIL, antialiased, aspect kept) to fit; crop boxes are still drawn in the
+  (PIL Lanczos, aspect kept) to fit; crop boxes are still drawn in the
   original's pixel coordinates and mapped onto the stored copy, so the box
-  distribution is torchvision's exactly and only the pixels of crops that
-  cover fewer than ``image_size`` stored pixels lose detail (measured in
-  benchmarks/RESULTS.md section 7). Photos that fit are stored exactly and
-  their crops match PIL's to 2 levels of 8 bits.
+  distribution is torchvision's exactly, and only the pixels lose detail:
+  1.6 levels of 8 bits on average for 500x375 photos (JPEG quality 90
+  itself changes photos by 2.5; benchmarks/RESULTS.md "Device data
+  pipeline"). Photos that fit are stored exactly and their crops match
+  PIL's to 2 levels.
 * ``'none'``: the eval crop itself (Resize 256 + CenterCrop 224 with PIL, as
   the host path), ``[S, S, 3] uint8``; the device only normalises it, so
   both pipelines feed the same pixels.
@@ -56,10 +57,10 @@ from nad_jax.data import base
 from nad_jax.data import preprocess
 
 # The default canvas (rows, cols): a 4:3 landscape of 288 rows; see the
-# module docstring and benchmarks/RESULTS.md section 7 for the choice.
+# module docstring and benchmarks/RESULTS.md "Device data pipeline".
 DEFAULT_MAX_SIZE = (288, 384)
 # The filter that shrinks photos larger than the canvas: Lanczos loses less
-# than bilinear (benchmarks/RESULTS.md section 7).
+# than bilinear (benchmarks/RESULTS.md "Device data pipeline").
 DOWNSCALE_FILTER = Image.LANCZOS
 PIPELINES = ("auto", "host", "device")
 PLACEMENTS = ("auto", "device", "host")
@@ -118,7 +119,8 @@ def store_photo(image: Image.Image, max_size: tuple[int, int]
 
 
 def eval_crop(image: Image.Image, image_size: int) -> np.ndarray:
-  """The host path's eval transform before normalisation, ``[S, S, 3] uint8``."""
+  """The host path's eval transform before normalisation (``[S, S, 3]``
+  uint8)."""
   image = preprocess.resize_shorter(image,
                                     preprocess.resize_size(image_size))
   return np.asarray(preprocess.center_crop(image, image_size), np.uint8)

@@ -41,6 +41,11 @@ from nad_jax.data import preprocess
 
 # Folded into the seed so these keys never equal the gate initialisation's.
 _AUGMENT_STREAM = 0x5EA2C4
+# Matmul precision of the resize. HIGHEST (float32) keeps the crops within
+# 2 levels of PIL's; on GPUs DEFAULT (TF32) is several times cheaper and
+# rounds about a quarter of a level differently (read at trace time;
+# benchmarks/bench_device_data.py times both).
+RESIZE_PRECISION = jax.lax.Precision.HIGHEST
 
 
 def batch_key(seed: int | jax.Array, class_id: int | jax.Array,
@@ -128,7 +133,8 @@ def augment_params(key: jax.Array, height: jax.Array, width: jax.Array
 
 
 def _coverage(size: int, start: jax.Array, length: jax.Array) -> jax.Array:
-  """How much of each pixel ``[i, i + 1)`` lies in ``[start, start + length)``."""
+  """How much of each pixel ``[i, i + 1)`` lies in the interval
+  ``[start, start + length)``."""
   pixels = jnp.arange(size, dtype=jnp.float32)
   return jnp.clip(jnp.minimum(pixels + 1.0, start + length)
                   - jnp.maximum(pixels, start), 0.0, 1.0)
@@ -173,7 +179,8 @@ def resized_crop(stored: jax.Array, stored_hw: jax.Array, orig_hw: jax.Array,
   row_mask = _coverage(rows, top, h)
   col_mask = _coverage(cols, left, w)
   resample = lambda x, shape, dim, s, t: jax.image.scale_and_translate(
-      x, shape, (dim,), s[None], t[None], method="linear", antialias=True)
+      x, shape, (dim,), s[None], t[None], method="linear", antialias=True,
+      precision=RESIZE_PRECISION)
   # Like PIL: the horizontal pass first, rounded to 8 bits (half up), then
   # the vertical pass; each divided by its resampled mask.
   scale_x, shift_x = size / w, -left * size / w
