@@ -20,8 +20,8 @@ JPEGs: about 110 kB, at a similar mean size of about 400 x 350).
 ``synthetic_imagenet`` into ``DIR/tfds`` (features ``image``, ``label``
 with the wnids as label names; splits ``train`` and ``validation``), read
 by ``config.data.source='tfds'``, ``config.data.name='synthetic_imagenet'``,
-``config.data.data_dir=DIR/tfds`` once this module is imported (it
-registers the builder); no TensorFlow needed.
+``config.data.data_dir=DIR/tfds`` (tfds builds the reader from the written
+files; no TensorFlow needed).
 
 Cost (measured on this project's 2-core CPU): about 10 ms of CPU per image
 and 78 kB of disk; 1000 classes x 66 images is 5 GB and about 11 CPU
@@ -127,7 +127,10 @@ def _tfds_builder_class():
   """The tfds builder of the synthetic folder (defined lazily: tfds import)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  class SyntheticImagenet(tfds.core.GeneratorBasedBuilder):
+  # Not registered: readers (tfds.data_source by name) then build it from
+  # the written files instead of calling this class without a folder.
+  class SyntheticImagenet(tfds.core.GeneratorBasedBuilder,
+                          skip_registration=True):
     """The synthetic folder as an array_record tfds dataset."""
 
     VERSION = tfds.core.Version("1.0.0")

@@ -12,7 +12,9 @@ each config file gives its command line. Fields:
   dataset), ``data_dir``, ``manual_dir``, ``root`` (image folder),
   ``classes`` (``'all'``, ``'hierarchy'`` (the classes of ``hierarchy``),
   or a comma-separated string / list of class ids or names), ``hierarchy`` (JSON file primary -> classes, optional), ``augment``
-  (``'none'`` or ``'random_resized_crop'``), ``num_workers``, ``labels``
+  (``'none'`` or ``'random_resized_crop'``), ``num_workers`` (decoding
+  threads; 0: the calling thread, or all cores for the device pipeline's
+  cache), ``labels``
   (image folders: ``'position'`` = sorted folder index, ``'imagenet'`` =
   ImageNet index of wnid folders, ``'auto'`` = ``'imagenet'`` when every
   folder is a wnid and the network has 1000 classes), ``pipeline``

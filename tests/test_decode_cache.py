@@ -265,3 +265,31 @@ def test_bad_settings_are_named(photo_root):
   with pytest.raises(ValueError, match="out of range"):
     decode_cache.DecodeCache(dataset, image_size=32,
                              augment="none").build([5])
+
+
+def test_synthetic_imagenet_script_writes_readable_folder_and_tfds(tmp_path):
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..",
+                                  "benchmarks"))
+  try:
+    import make_synthetic_imagenet  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  from nad_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path / "synth")
+  assert make_synthetic_imagenet.write_folder(root, 2, 3, 1) == 8
+  dataset = folder.FolderDataset(root)
+  assert dataset.class_names == ["tench", "goldfish"]
+  sizes = set()
+  for path in dataset.class_files("train", 0) + dataset.class_files("val", 1):
+    with Image.open(path) as image:
+      assert image.format == "JPEG"
+      sizes.add(image.size)
+  assert sizes <= set(make_synthetic_imagenet.SIZES)
+  make_synthetic_imagenet.write_tfds(root, str(tmp_path / "tfds"))
+  records = tfds_source.TfdsDataset(
+      "synthetic_imagenet", data_dir=str(tmp_path / "tfds"),
+      cache_dir=str(tmp_path))
+  assert records.class_names == ["n01440764", "n01443537"]
+  assert records.num_images("train", 1) == 3
+  assert records.num_images("val", 0) == 1
