@@ -21,7 +21,11 @@ sums) stays on the device between steps: the host dispatches steps without
 waiting for them and looks at the state only every ``log_every`` steps (and
 when it records the trajectory, saves a checkpoint or ends the chunk), so
 the next batch is prepared while the device computes. A chunk whose
-concepts have all stopped (patience) is noticed at the next look.
+concepts have all stopped (patience) is noticed at the next look. Batches
+come from a batch source (``nad_jax/data/batch_source.py``): the host
+pipeline's ``concept_batch``, or the device pipeline, which crops each step's
+images inside the step from the chunk's decode-once cache (the next chunk's
+cache is built while this one runs).
 
 Path trajectory: every ``trajectory_every`` steps of a concept (and at its
 last step) the search records, per site and seed, how many units' binary
@@ -93,10 +97,11 @@ def make_search_step(model, objective: Callable[..., Any],
   Returns:
     ``step(variables, chunk, *batch, patience)`` -> ``(chunk, metrics)``,
     with ``batch = (images, labels)`` unless ``make_batch`` is given.
-    ``chunk`` is the chunk's state (donated): ``gate_logits {site: [K, S, C]}``, ``opt_state`` (leading ``[K, S]``),
-    ``stable [K, S] int32`` (steps since the binary path last changed) and
-    ``sums`` (``loss``, ``changed``, ``valid``, ``active``, each ``[K, S]``,
-    summed over the steps since the host last reset them).
+    ``chunk`` is the chunk's state (donated): ``gate_logits {site: [K, S,
+    C]}``, ``opt_state`` (leading ``[K, S]``), ``stable [K, S] int32``
+    (steps since the binary path last changed) and ``sums`` (``loss``,
+    ``changed``, ``valid``, ``active``, each ``[K, S]``, summed over the
+    steps since the host last reset them).
     ``images [K, B, H, W, 3]``, ``labels [K, B]``; ``patience`` an int32
     scalar (0: never stop). A (concept, seed) is active while
     ``stable < patience`` (always when patience is 0); an inactive one keeps
@@ -343,7 +348,8 @@ def disentangle(
   # The step budget may have changed since the checkpoint was written.
   state["done"] = _is_done(state, num_steps, patience)
 
-  batches = batches or batch_source.HostBatches(dataset, batch_size)
+  if batches is None:
+    batches = batch_source.HostBatches(dataset, batch_size)
   run = _Run(
       model=model, dataset=dataset, batches=batches,
       step_fn=step_fn or make_search_step(model, objective, optimizer,
