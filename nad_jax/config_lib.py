@@ -51,6 +51,8 @@ each config file gives its command line. Fields:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import ml_collections
 
 
@@ -120,6 +122,19 @@ PAPER_DATASETS = {
 }
 
 
+# The paper's networks' hyperparameters: network -> dataset -> (paper
+# alpha, paper lambda, authors' code beta), NAD_FACTS section 3. The other
+# variants of a family use its paper network's values (configs/vgg.py,
+# configs/resnet.py, configs/densenet.py).
+PAPER_HPARAMS = {
+    "vgg16": {"imagenet": (0.1, 6.0, 4.5), "places365": (0.1, 6.0, 5.0)},
+    "resnet50": {"imagenet": (2.5, 0.03, 0.02),
+                 "places365": (2.5, 0.023, 0.02)},
+    "densenet121": {"imagenet": (0.6, 0.08, 0.02),
+                    "places365": (0.6, 0.02, 0.02)},
+}
+
+
 def paper_network_config(
     model_name: str, arg: str | None,
     hparams: dict[str, tuple[float, float, float]],
@@ -158,3 +173,34 @@ def paper_network_config(
   config.search.batch_size = 16
   config.search.num_steps = num_steps
   return config
+
+
+def family_config(arg: str | None, variants: Sequence[str],
+                  paper_network: str,
+                  config_file: str) -> ml_collections.ConfigDict:
+  """The config of any variant of a paper network's family.
+
+  Args:
+    arg: the config file's ``:arg``, ``VARIANT`` or ``VARIANT,DATASET``
+      (``vgg19_bn``, ``resnet18,places365``); default: ``paper_network`` on
+      ImageNet.
+    variants: the family's model names (torchvision function names).
+    paper_network: the family's network in the paper, whose
+      hyperparameters (``PAPER_HPARAMS``) every variant uses.
+    config_file: the calling file, for error messages.
+
+  Returns:
+    :func:`paper_network_config` for the variant and dataset.
+
+  Raises:
+    ValueError: an unknown variant or dataset, naming the known ones.
+  """
+  variant, _, dataset = (arg or "").partition(",")
+  variant = variant.strip() or paper_network
+  if variant not in variants:
+    raise ValueError(
+        f"{config_file}: unknown variant {variant!r}; use "
+        f"--config={config_file}:VARIANT[,DATASET] with VARIANT one of "
+        f"{sorted(variants)} and DATASET one of {sorted(PAPER_DATASETS)}")
+  return paper_network_config(variant, dataset.strip() or None,
+                              PAPER_HPARAMS[paper_network], config_file)
