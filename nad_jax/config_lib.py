@@ -12,10 +12,26 @@ each config file gives its command line. Fields:
   dataset), ``data_dir``, ``manual_dir``, ``root`` (image folder),
   ``classes`` (``'all'``, ``'hierarchy'`` (the classes of ``hierarchy``),
   or a comma-separated string / list of class ids or names), ``hierarchy`` (JSON file primary -> classes, optional), ``augment``
-  (``'none'`` or ``'random_resized_crop'``), ``num_workers``, ``labels``
+  (``'none'`` or ``'random_resized_crop'``), ``num_workers`` (decoding
+  threads; 0: the calling thread, or all cores for the device pipeline's
+  cache), ``labels``
   (image folders: ``'position'`` = sorted folder index, ``'imagenet'`` =
   ImageNet index of wnid folders, ``'auto'`` = ``'imagenet'`` when every
-  folder is a wnid and the network has 1000 classes).
+  folder is a wnid and the network has 1000 classes), ``pipeline``
+  (``'host'``: decode and augment every draw on host threads, PIL,
+  torchvision's pixels exactly; ``'device'``: decode each chunk's train
+  images once into a uint8 cache and crop, flip and normalise on the
+  accelerator inside the jitted step, see ``nad_jax/data/decode_cache.py``;
+  ``'auto'`` (default) = ``'device'`` on GPU/TPU, where host decoding would
+  need 10-20 cores per GPU, and ``'host'`` on CPU, where the step is
+  compute-bound, the host path costs under 1% of it and needs no cache
+  memory), ``cache_placement`` (device pipeline: ``'auto'``, ``'device'``
+  or ``'host'`` memory for the cache; ``'auto'`` = the device while two
+  chunks' caches take at most a quarter of its memory), ``cache_max_size``
+  (device pipeline with ``random_resized_crop``: the stored canvas
+  ``(rows, cols)``, default ``(288, 384)``, 332 kB per image, 431 MB per
+  ImageNet class; larger photos are downscaled to fit, see
+  benchmarks/RESULTS.md "Device data pipeline").
 * ``objective``: ``name`` (``paper`` or ``official``), ``lam`` (paper's
   lambda), ``beta`` (official code's beta).
 * ``optim``: ``alpha``, the learning rate of the normalised SGD.
@@ -77,6 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.augment = "none"
   config.data.num_workers = 0
   config.data.labels = "auto"
+  config.data.pipeline = "auto"
+  config.data.cache_placement = "auto"
+  config.data.cache_max_size = (288, 384)
 
   config.objective = ml_collections.ConfigDict()
   config.objective.name = "paper"

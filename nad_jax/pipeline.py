@@ -47,6 +47,8 @@ from nad_jax import objectives
 from nad_jax import optim
 from nad_jax import report
 from nad_jax import search
+from nad_jax.data import batch_source
+from nad_jax.data import decode_cache
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -75,6 +77,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if int(config.search[field]) < 0:
       raise ValueError(f"config.search.{field} must be >= 0, got "
                        f"{config.search[field]}")
+  decode_cache.resolve_pipeline(config.data.get("pipeline", "host"))
   if config.eval.batch_size <= 0:
     raise ValueError(f"config.eval.batch_size must be positive, got "
                      f"{config.eval.batch_size}")
@@ -205,18 +208,22 @@ def search_paths(config: ml_collections.ConfigDict, workdir: str, model,
       name, model.gate_sites(), concept_ids, seed=config.seed,
       num_seeds=config.search.num_seeds, batch_size=config.search.batch_size,
       hparams=_hparams(config))
-  result = search.disentangle(
-      model, variables, dataset, concept_ids,
-      objective=objectives.get_objective(config.objective),
-      optimizer=optim.nad_optimizer(config.optim.alpha),
-      num_steps=config.search.num_steps,
-      batch_size=config.search.batch_size,
-      concepts_per_step=config.search.concepts_per_step,
-      num_seeds=config.search.num_seeds, patience=config.search.patience,
-      seed=config.seed, workdir=workdir, meta=meta,
-      checkpoint_every=config.search.checkpoint_every,
-      log_every=config.search.log_every,
-      stop_after_steps=config.search.stop_after_steps)
+  batches = batch_source.from_config(config, dataset)
+  try:
+    result = search.disentangle(
+        model, variables, dataset, concept_ids,
+        objective=objectives.get_objective(config.objective),
+        optimizer=optim.nad_optimizer(config.optim.alpha),
+        num_steps=config.search.num_steps,
+        batch_size=config.search.batch_size,
+        concepts_per_step=config.search.concepts_per_step,
+        num_seeds=config.search.num_seeds, patience=config.search.patience,
+        seed=config.seed, workdir=workdir, meta=meta,
+        checkpoint_every=config.search.checkpoint_every,
+        log_every=config.search.log_every,
+        stop_after_steps=config.search.stop_after_steps, batches=batches)
+  finally:
+    batches.close()
   if not np.all(result.done):
     logging.info("%s: search stopped early with %d of %d concepts done; "
                  "rerun with the same --workdir to resume.", name,
