@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -239,7 +240,7 @@ def test_compare_workdirs(demo_run, tmp_path):
   (other / "metrics.json").write_text(json.dumps(metrics_json))
   out = tmp_path / "cmp"
   outputs = compare.compare_workdirs([str(demo_run), str(other)], str(out))
-  text = open(outputs["html"]).read()
+  text = pathlib.Path(outputs["html"]).read_text()
   assert "Interpretability vs. accuracy (paper Fig. 6)" in text
   assert "Unit usage per gate site (paper Fig. 4)" in text
   sources = re.findall(r"<img [^>]*src=\"([^\"]*)\"", text)
@@ -266,6 +267,6 @@ def test_html_report_without_analyses(demo_run, tmp_path):
   shutil.copytree(demo_run, workdir, ignore=shutil.ignore_patterns(
       "checkpoints", "analyses.json"))
   path = html_report.write_network_report(str(workdir))
-  text = open(path).read()
+  text = pathlib.Path(path).read_text()
   assert "analyses and controls were not run" in text
   assert text.count("<img ") == 3

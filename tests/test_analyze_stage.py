@@ -4,6 +4,7 @@ hierarchy, user images; every output file and the HTML page."""
 from __future__ import annotations
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -81,7 +82,8 @@ def test_analyze_network_with_two_seeds(tmp_path):
   assert header.startswith("class_id,class,original,path_kept")
   # The HTML page from what the workdir holds.
   (tmp_path / "metrics.json").write_text(json.dumps({"row": row}))
-  text = open(html_report.write_network_report(str(tmp_path))).read()
+  text = pathlib.Path(html_report.write_network_report(
+      str(tmp_path))).read_text()
   assert "Over the 2 seeds:" in text
   assert "Activation maps of a user-given image." in text
   assert "The search did not record its trajectory" in text
