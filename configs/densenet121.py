@@ -31,10 +31,7 @@ import ml_collections
 from nad_jax import config_lib
 
 # dataset -> (paper alpha, paper lambda, code beta), NAD_FACTS section 3.
-_HPARAMS = {
-    "imagenet": (0.6, 0.08, 0.02),
-    "places365": (0.6, 0.02, 0.02),
-}
+_HPARAMS = config_lib.PAPER_HPARAMS["densenet121"]
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

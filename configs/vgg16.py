@@ -31,10 +31,7 @@ import ml_collections
 from nad_jax import config_lib
 
 # dataset -> (paper alpha, paper lambda, code beta), NAD_FACTS section 3.
-_HPARAMS = {
-    "imagenet": (0.1, 6.0, 4.5),
-    "places365": (0.1, 6.0, 5.0),
-}
+_HPARAMS = config_lib.PAPER_HPARAMS["vgg16"]
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -12,10 +12,26 @@ each config file gives its command line. Fields:
   dataset), ``data_dir``, ``manual_dir``, ``root`` (image folder),
   ``classes`` (``'all'``, ``'hierarchy'`` (the classes of ``hierarchy``),
   or a comma-separated string / list of class ids or names), ``hierarchy`` (JSON file primary -> classes, optional), ``augment``
-  (``'none'`` or ``'random_resized_crop'``), ``num_workers``, ``labels``
+  (``'none'`` or ``'random_resized_crop'``), ``num_workers`` (decoding
+  threads; 0: the calling thread, or all cores for the device pipeline's
+  cache), ``labels``
   (image folders: ``'position'`` = sorted folder index, ``'imagenet'`` =
   ImageNet index of wnid folders, ``'auto'`` = ``'imagenet'`` when every
-  folder is a wnid and the network has 1000 classes).
+  folder is a wnid and the network has 1000 classes), ``pipeline``
+  (``'host'``: decode and augment every draw on host threads, PIL,
+  torchvision's pixels exactly; ``'device'``: decode each chunk's train
+  images once into a uint8 cache and crop, flip and normalise on the
+  accelerator inside the jitted step, see ``nad_jax/data/decode_cache.py``;
+  ``'auto'`` (default) = ``'device'`` on GPU/TPU, where host decoding would
+  need 10-20 cores per GPU, and ``'host'`` on CPU, where the step is
+  compute-bound, the host path costs under 1% of it and needs no cache
+  memory), ``cache_placement`` (device pipeline: ``'auto'``, ``'device'``
+  or ``'host'`` memory for the cache; ``'auto'`` = the device while two
+  chunks' caches take at most a quarter of its memory), ``cache_max_size``
+  (device pipeline with ``random_resized_crop``: the stored canvas
+  ``(rows, cols)``, default ``(288, 384)``, 332 kB per image, 431 MB per
+  ImageNet class; larger photos are downscaled to fit, see
+  benchmarks/RESULTS.md "Device data pipeline").
 * ``objective``: ``name`` (``paper`` or ``official``), ``lam`` (paper's
   lambda), ``beta`` (official code's beta).
 * ``optim``: ``alpha``, the learning rate of the normalised SGD.
@@ -44,12 +60,29 @@ each config file gives its command line. Fields:
   ``'off'``; ``coordinator_address`` (``host:port`` of process 0),
   ``num_processes``, ``process_id`` (all three for a manual launch).
 * ``report``: ``figures`` (write PNGs).
+* ``mode``: ``'search'`` (default: search, then evaluate and analyse) or
+  ``'analyze'`` (read the finished search in ``--workdir`` and run the
+  evaluation, if ``metrics.json`` lacks it, and every analysis, without
+  searching again).
+* ``analysis``: the analyses after the evaluation (``nad_jax.analyze``):
+  ``enabled``, ``seed``, ``mask_rate`` (share of top activation pixels,
+  0.1 as the authors' hit rate), ``num_mosaics`` (100),
+  ``mosaic_images_per_class``, ``mosaic_full_size`` (also score 2x2
+  mosaics at twice the input size, for networks that take any size),
+  ``random_draws`` (random same-size paths per concept), ``permutations``
+  (per permutation test), ``top_k``, ``authors_top_k_classes``,
+  ``cross_max_classes``, ``cross_images_per_class``,
+  ``max_images_per_class`` (``None`` = ``eval.max_images_per_class``),
+  ``map_classes`` (up to four classes for the activation-map mosaic),
+  ``images`` (comma-separated image files for activation maps).
 * ``compare``: model names run one after another into ``workdir/<name>``
   with one combined report (the demo); empty = only ``model``.
   ``hparams_by_model`` then gives each its ``alpha``, ``lam``, ``beta``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import ml_collections
 from ml_collections import config_dict
@@ -77,6 +110,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.augment = "none"
   config.data.num_workers = 0
   config.data.labels = "auto"
+  config.data.pipeline = "auto"
+  config.data.cache_placement = "auto"
+  config.data.cache_max_size = (288, 384)
 
   config.objective = ml_collections.ConfigDict()
   config.objective.name = "paper"
@@ -114,8 +150,32 @@ def base_config() -> ml_collections.ConfigDict:
   config.report = ml_collections.ConfigDict()
   config.report.figures = True
 
+  config.mode = "search"
+  config.analysis = analysis_config()
+
   config.compare = ()
   config.hparams_by_model = ml_collections.ConfigDict()
+  return config
+
+
+def analysis_config() -> ml_collections.ConfigDict:
+  """``config.analysis`` defaults (``nad_jax.analyze`` reads them)."""
+  config = ml_collections.ConfigDict()
+  config.enabled = True
+  config.seed = 0
+  config.mask_rate = 0.1
+  config.num_mosaics = 100
+  config.mosaic_images_per_class = 16
+  config.mosaic_full_size = False
+  config.random_draws = 3
+  config.permutations = 999
+  config.top_k = 3
+  config.authors_top_k_classes = 100
+  config.cross_max_classes = 32
+  config.cross_images_per_class = 16
+  config.max_images_per_class = ml_collections.config_dict.placeholder(int)
+  config.map_classes = ""
+  config.images = ""
   return config
 
 
@@ -126,6 +186,19 @@ def base_config() -> ml_collections.ConfigDict:
 PAPER_DATASETS = {
     "imagenet": ("imagenet2012", 1000, 1700),
     "places365": ("places365_small", 365, 6500),
+}
+
+
+# The paper's networks' hyperparameters: network -> dataset -> (paper
+# alpha, paper lambda, authors' code beta), NAD_FACTS section 3. The other
+# variants of a family use its paper network's values (configs/vgg.py,
+# configs/resnet.py, configs/densenet.py).
+PAPER_HPARAMS = {
+    "vgg16": {"imagenet": (0.1, 6.0, 4.5), "places365": (0.1, 6.0, 5.0)},
+    "resnet50": {"imagenet": (2.5, 0.03, 0.02),
+                 "places365": (2.5, 0.023, 0.02)},
+    "densenet121": {"imagenet": (0.6, 0.08, 0.02),
+                    "places365": (0.6, 0.02, 0.02)},
 }
 
 
@@ -167,3 +240,34 @@ def paper_network_config(
   config.search.batch_size = 16
   config.search.num_steps = num_steps
   return config
+
+
+def family_config(arg: str | None, variants: Sequence[str],
+                  paper_network: str,
+                  config_file: str) -> ml_collections.ConfigDict:
+  """The config of any variant of a paper network's family.
+
+  Args:
+    arg: the config file's ``:arg``, ``VARIANT`` or ``VARIANT,DATASET``
+      (``vgg19_bn``, ``resnet18,places365``); default: ``paper_network`` on
+      ImageNet.
+    variants: the family's model names (torchvision function names).
+    paper_network: the family's network in the paper, whose
+      hyperparameters (``PAPER_HPARAMS``) every variant uses.
+    config_file: the calling file, for error messages.
+
+  Returns:
+    :func:`paper_network_config` for the variant and dataset.
+
+  Raises:
+    ValueError: an unknown variant or dataset, naming the known ones.
+  """
+  variant, _, dataset = (arg or "").partition(",")
+  variant = variant.strip() or paper_network
+  if variant not in variants:
+    raise ValueError(
+        f"{config_file}: unknown variant {variant!r}; use "
+        f"--config={config_file}:VARIANT[,DATASET] with VARIANT one of "
+        f"{sorted(variants)} and DATASET one of {sorted(PAPER_DATASETS)}")
+  return paper_network_config(variant, dataset.strip() or None,
+                              PAPER_HPARAMS[paper_network], config_file)

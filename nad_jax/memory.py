@@ -6,7 +6,9 @@ devices whose compiled step fits in the memory a device has free.
 
 * Need: XLA's ``memory_analysis()`` of the step compiled for K concepts,
   per device: temporaries + arguments + outputs - outputs aliased to
-  donated arguments. The arguments include the network's weights.
+  donated arguments. The arguments include the network's weights and the
+  batch (with the device pipeline: the chunk's decode cache, counted twice
+  since the next chunk's cache is built on the device meanwhile).
 * Available: ``search.memory_limit_gb`` per device when set (> 0); else, on
   a GPU or TPU, the device's ``bytes_limit - bytes_in_use`` from
   ``memory_stats()`` (on a GPU ``bytes_limit`` is JAX's pool:
@@ -42,18 +44,22 @@ _MAX_REFINEMENTS = 5
 
 @dataclasses.dataclass(frozen=True)
 class StepMemory:
-  """XLA's per-device memory figures of one compiled step, in bytes."""
+  """XLA's per-device memory figures of one compiled step, in bytes, and
+  ``extra``: what lives on the device beside the step (a device pipeline's
+  prefetched cache)."""
   temp: int
   argument: int
   output: int
   alias: int
+  extra: int = 0
 
   @property
   def total(self) -> int:
-    return self.temp + self.argument + self.output - self.alias
+    return (self.temp + self.argument + self.output - self.alias
+            + self.extra)
 
   @classmethod
-  def of(cls, compiled) -> StepMemory:
+  def of(cls, compiled, extra: int = 0) -> StepMemory:
     analysis = compiled.memory_analysis()
     if analysis is None:
       raise ValueError("this backend gives no memory analysis of a compiled "
@@ -61,12 +67,14 @@ class StepMemory:
     return cls(temp=int(analysis.temp_size_in_bytes),
                argument=int(analysis.argument_size_in_bytes),
                output=int(analysis.output_size_in_bytes),
-               alias=int(analysis.alias_size_in_bytes))
+               alias=int(analysis.alias_size_in_bytes), extra=int(extra))
 
   def describe(self) -> str:
     return (f"{self.total / GIB:.2f} GiB (temporaries {self.temp / GIB:.2f}, "
             f"arguments {self.argument / GIB:.2f}, outputs "
-            f"{self.output / GIB:.2f}, aliased {self.alias / GIB:.2f})")
+            f"{self.output / GIB:.2f}, aliased {self.alias / GIB:.2f}"
+            + (f", prefetched cache {self.extra / GIB:.2f}" if self.extra
+               else "") + ")")
 
 
 @dataclasses.dataclass(frozen=True)

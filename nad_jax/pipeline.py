@@ -12,10 +12,14 @@ and tests call it directly. For each network it writes into its workdir:
   and the share selected, every ``trajectory_every`` steps of the search
   (``search.SearchResult.trajectory``);
 * ``metrics.json`` (accuracies, similarity matrix, I, usage, hierarchy
-  scores), figures (PNG) and ``report.md`` / ``report.json``.
+  scores), figures (PNG) and ``report.md`` / ``report.json``;
+* the analyses (``nad_jax.analyze``: ``analyses.json``, ``analyses.npz``,
+  ``scores.csv``, ``per_class.csv``, figures) and ``report.html``.
 
 With ``config.compare`` (the demo) each named network runs into
-``workdir/<name>`` and ``workdir/report.md`` compares them.
+``workdir/<name>`` and ``nad_jax.compare`` compares the workdirs into
+``workdir/report.{html,md,json}``. ``config.mode='analyze'`` skips the
+search and analyses the finished search already in the workdir.
 """
 
 from __future__ import annotations
@@ -31,16 +35,21 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from nad_jax import analyze
+from nad_jax import compare
 from nad_jax import data as data_lib
 from nad_jax import distributed
 from nad_jax import evaluate
 from nad_jax import figures
+from nad_jax import html_report
 from nad_jax import metrics
 from nad_jax import models
 from nad_jax import objectives
 from nad_jax import optim
 from nad_jax import report
 from nad_jax import search
+from nad_jax.data import batch_source
+from nad_jax.data import decode_cache
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -81,9 +90,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if int(config.search[field]) < 0:
       raise ValueError(f"config.search.{field} must be >= 0, got "
                        f"{config.search[field]}")
+  decode_cache.resolve_pipeline(config.data.get("pipeline", "host"))
   if config.eval.batch_size <= 0:
     raise ValueError(f"config.eval.batch_size must be positive, got "
                      f"{config.eval.batch_size}")
+  analyze.validate_config(config)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -109,17 +120,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       if row:
         rows.append(row)
   if rows and config.compare and jax.process_index() == 0:
-    extra = ""
-    if config.report.figures:
-      usage_png = figures.unit_usage_plot(
-          {row["model"]: row["usage_per_site"] for row in rows},
-          os.path.join(workdir, "unit_usage.png"))
-      extra = f"\n![unit usage per site]({os.path.basename(usage_png)})\n"
-    md, _ = report.write_report(rows, os.path.join(workdir, "report.md"),
-                                os.path.join(workdir, "report.json"),
-                                extra_md=extra + _settings_md(config),
-                                title="NAD report: demo networks compared")
-    logging.info("Report: %s", md)
+    outputs = compare.compare_workdirs(
+        [os.path.join(workdir, row["model"]) for row in rows], workdir,
+        title="NAD report: demo networks compared",
+        figures_enabled=config.report.figures)
+    logging.info("Report: %s", outputs["html"])
   return rows
 
 
@@ -157,22 +162,39 @@ def run_network(config: ml_collections.ConfigDict,
   """Search, evaluation, metrics, figures and report for one network."""
   start = time.perf_counter()
   model, variables, dataset, concept_ids = load_inputs(config, workdir)
-  result = search_paths(config, workdir, model, variables, dataset,
-                        concept_ids)
+  stored = None
+  if config.mode == "analyze":
+    result = analyze.load_search_result(
+        workdir, model.gate_sites(),
+        None if str(config.data.classes).strip().lower() in ("", "all")
+        else concept_ids)
+    concept_ids = [int(c) for c in result.concept_ids]
+    stored = analyze.stored_accuracies(
+        workdir, concept_ids, next(iter(result.gate_logits.values())).shape[1])
+  else:
+    result = search_paths(config, workdir, model, variables, dataset,
+                          concept_ids)
   if result is None:
     return None
   class_names = [dataset.class_names[c] for c in concept_ids]
   writer = jax.process_index() == 0  # of several processes, one writes
   if writer:
     export_paths(workdir, result, class_names)
-  original_acc, path_acc = evaluate_paths(config, model, variables, dataset,
-                                          concept_ids, result.paths)
+  if stored is not None:
+    logging.info("=== %s: accuracies read from metrics.json",
+                 config.model.name)
+    original_acc, path_acc = stored
+  else:
+    original_acc, path_acc = evaluate_paths(config, model, variables,
+                                            dataset, concept_ids,
+                                            result.paths)
   if not writer:
     logging.info("[process %d/%d] done; process 0 writes the outputs.",
                  jax.process_index(), jax.process_count())
     return None
   row = write_outputs(config, workdir, dataset, concept_ids, result,
-                      original_acc, path_acc)
+                      original_acc, path_acc, model=model,
+                      variables=variables)
   logging.info("%s: I = %.4g, path accuracy %.1f%% (original %.1f%%), "
                "mean usage %.2f; done in %.0f s. Outputs in %s",
                config.model.name, row["interpretability"],
@@ -206,21 +228,25 @@ def search_paths(config: ml_collections.ConfigDict, workdir: str, model,
       name, model.gate_sites(), concept_ids, seed=config.seed,
       num_seeds=config.search.num_seeds, batch_size=config.search.batch_size,
       hparams=_hparams(config))
-  result = search.disentangle(
-      model, variables, dataset, concept_ids,
-      objective=objectives.get_objective(config.objective),
-      optimizer=optim.nad_optimizer(config.optim.alpha),
-      num_steps=config.search.num_steps,
-      batch_size=config.search.batch_size,
-      concepts_per_step=config.search.concepts_per_step,
-      num_seeds=config.search.num_seeds, patience=config.search.patience,
-      seed=config.seed, workdir=workdir, meta=meta,
-      checkpoint_every=config.search.checkpoint_every,
-      log_every=config.search.log_every,
-      stop_after_steps=config.search.stop_after_steps,
-      compute_dtype=config.search.compute_dtype,
-      remat=config.search.remat,
-      memory_limit_gb=config.search.memory_limit_gb)
+  batches = batch_source.from_config(config, dataset)
+  try:
+    result = search.disentangle(
+        model, variables, dataset, concept_ids,
+        objective=objectives.get_objective(config.objective),
+        optimizer=optim.nad_optimizer(config.optim.alpha),
+        num_steps=config.search.num_steps,
+        batch_size=config.search.batch_size,
+        concepts_per_step=config.search.concepts_per_step,
+        num_seeds=config.search.num_seeds, patience=config.search.patience,
+        seed=config.seed, workdir=workdir, meta=meta,
+        checkpoint_every=config.search.checkpoint_every,
+        log_every=config.search.log_every,
+        stop_after_steps=config.search.stop_after_steps, batches=batches,
+        compute_dtype=config.search.compute_dtype,
+        remat=config.search.remat,
+        memory_limit_gb=config.search.memory_limit_gb)
+  finally:
+    batches.close()
   if not np.all(result.done):
     logging.info("%s: search stopped early with %d of %d concepts done; "
                  "rerun with the same --workdir to resume.", name,
@@ -250,9 +276,11 @@ def evaluate_paths(config: ml_collections.ConfigDict, model, variables,
 
 def write_outputs(config: ml_collections.ConfigDict, workdir: str, dataset,
                   concept_ids: list[int], result: search.SearchResult,
-                  original_acc: np.ndarray,
-                  path_acc: np.ndarray) -> dict[str, Any]:
-  """Metrics, figures, ``metrics.json`` and the report; returns its row."""
+                  original_acc: np.ndarray, path_acc: np.ndarray,
+                  model=None, variables=None) -> dict[str, Any]:
+  """Metrics, figures, ``metrics.json``, the analyses (with ``model`` and
+  ``variables``, when ``config.analysis.enabled``) and the reports; returns
+  the row."""
   name = config.model.name
   class_names = [dataset.class_names[c] for c in concept_ids]
   paths = result.paths  # {site: [N, S, C]}
@@ -272,10 +300,11 @@ def write_outputs(config: ml_collections.ConfigDict, workdir: str, dataset,
         original_acc, path_acc.mean(1),
         os.path.join(workdir, "precision_histogram.png"),
         title=f"{name}: per-class precision")
-  row = report.summarize_model(
-      name, seed_paths, path_acc.T, original_acc,
-      steps=int(np.max(result.steps_done)), primary_of=primary_of,
-      figures=figure_paths)
+  row = metrics.summary_row(
+      name, similarity, metrics.unit_usage(seed_paths), path_acc.T,
+      original_acc, steps=int(np.max(result.steps_done)),
+      primary_of=primary_of)
+  row["figures"] = figure_paths
   skipped = list(getattr(dataset, "skipped_files", []) or [])
   _write_json(os.path.join(workdir, "metrics.json"), {
       "row": row,
@@ -289,10 +318,20 @@ def write_outputs(config: ml_collections.ConfigDict, workdir: str, dataset,
       "steps_done": result.steps_done.tolist(),
       "skipped_files": skipped,
   })
+  summary_md = ""
+  if config.analysis.enabled and model is not None:
+    logging.info("=== %s: analyses", name)
+    analysis = analyze.analyze_network(
+        config, workdir, model, variables, dataset, concept_ids, paths,
+        similarity=similarity, row=row, class_names=class_names,
+        primary_of=primary_of, primary_names=primary_names)
+    if analysis is not None:
+      summary_md = html_report.summary_markdown(row, analysis)
   report.write_report([row], os.path.join(workdir, "report.md"),
                       os.path.join(workdir, "report.json"),
-                      extra_md=_settings_md(config, skipped),
+                      extra_md=summary_md + _settings_md(config, skipped),
                       title=f"NAD report: {name}")
+  html_report.write_network_report(workdir)
   return row
 
 
@@ -323,7 +362,8 @@ def export_paths(workdir: str, result: search.SearchResult,
   (see ``search.SearchResult.trajectory``).
   """
   arrays = {"concept_ids": result.concept_ids,
-            "class_names": np.asarray(class_names)}
+            "class_names": np.asarray(class_names),
+            "steps_done": np.asarray(result.steps_done)}
   for site, logits in result.gate_logits.items():
     arrays[f"path/{site}"] = logits > 0
     arrays[f"gate_logits/{site}"] = logits

@@ -29,7 +29,11 @@ sums) stays on the device between steps: the host dispatches steps without
 waiting for them and looks at the state only every ``log_every`` steps (and
 when it records the trajectory, saves a checkpoint or ends the chunk), so
 the next batch is prepared while the device computes. A chunk whose
-concepts have all stopped (patience) is noticed at the next look.
+concepts have all stopped (patience) is noticed at the next look. Batches
+come from a batch source (``nad_jax/data/batch_source.py``): the host
+pipeline's ``concept_batch``, or the device pipeline, which crops each step's
+images inside the step from the chunk's decode-once cache (the next chunk's
+cache is built while this one runs).
 
 Path trajectory: every ``trajectory_every`` steps of a concept (and at its
 last step) the search records, per site and seed, how many units' binary
@@ -40,7 +44,7 @@ value changed since the previous record and the share of units selected
 Memory per step: K * S forward+backward passes of a batch of B images (all
 site activations kept for the backward pass) plus K reference forward passes
 (VGG16 at 224 px, float32: about 280 MiB per image on XLA's CPU backend;
-benchmarks/RESULTS.md section 7).
+benchmarks/RESULTS.md section 10).
 """
 
 
@@ -64,6 +68,7 @@ from nad_jax import checkpoint as checkpoint_lib
 from nad_jax import distributed
 from nad_jax import memory as memory_lib
 from nad_jax.data import base as data_base
+from nad_jax.data import batch_source
 
 PyTree = Any
 
@@ -118,32 +123,34 @@ def cast_variables(variables: PyTree, compute_dtype) -> PyTree:
 
 
 def make_search_step(model, objective: Callable[..., Any],
-                     optimizer: optax.GradientTransformation, *,
+                     optimizer: optax.GradientTransformation,
+                     make_batch: Callable | None = None, *,
                      compute_dtype: Any = "float32",
                      remat: bool = False) -> Callable:
   """The jitted, vmapped search step.
 
   Args:
-    model: a module following ``nad_jax.models.base``.
-    objective: ``(gate_logits, ref_logits, ref_acts, gated_logits,
-      gated_acts, labels) -> (loss, aux)``.
-    optimizer: the gate update (optax).
+    model, objective, optimizer: as :func:`disentangle`'s.
+    make_batch: turns the step's batch arguments into ``(images, labels)``
+      inside the jitted step (a batch source's ``make_batch``, e.g. the
+      device pipeline's crops; ``None``: the batch is ``images, labels``).
     compute_dtype: ``float32`` or ``bfloat16``: the dtype of the network's
       weights (:func:`cast_variables`, done here too if the caller did not)
-      and activations. The gate logits, the gates' sigmoid, the objective
-      (its inputs are cast to float32 first), the gradient and the update
-      are float32 either way.
+      and activations (the images are cast after ``make_batch``). The gate
+      logits, the gates' sigmoid, the objective (its inputs are cast to
+      float32 first), the gradient and the update are float32 either way.
     remat: recompute the gated forward pass and the objective in the
       backward pass (``jax.checkpoint`` around the loss) instead of keeping
       their intermediates from the forward pass.
 
   Returns:
-    ``step(variables, chunk, images, labels, patience)`` ->
-    ``(chunk, metrics)``. ``chunk`` is the chunk's state (donated):
-    ``gate_logits {site: [K, S, C]}``, ``opt_state`` (leading ``[K, S]``),
-    ``stable [K, S] int32`` (steps since the binary path last changed) and
-    ``sums`` (``loss``, ``changed``, ``valid``, ``active``, each ``[K, S]``,
-    summed over the steps since the host last reset them).
+    ``step(variables, chunk, *batch, patience)`` -> ``(chunk, metrics)``,
+    with ``batch = (images, labels)`` unless ``make_batch`` is given.
+    ``chunk`` is the chunk's state (donated): ``gate_logits {site: [K, S,
+    C]}``, ``opt_state`` (leading ``[K, S]``), ``stable [K, S] int32``
+    (steps since the binary path last changed) and ``sums`` (``loss``,
+    ``changed``, ``valid``, ``active``, each ``[K, S]``, summed over the
+    steps since the host last reset them).
     ``images [K, B, H, W, 3]``, ``labels [K, B]``; ``patience`` an int32
     scalar (0: never stop). A (concept, seed) is active while
     ``stable < patience`` (always when patience is 0); an inactive one keeps
@@ -196,7 +203,9 @@ def make_search_step(model, objective: Callable[..., Any],
 
   batched = jax.vmap(concept_step, in_axes=(None, 0, 0, 0, 0, 0))
 
-  def step(variables, chunk, images, labels, patience):
+  def step(variables, chunk, *batch_and_patience):
+    *batch, patience = batch_and_patience
+    images, labels = make_batch(*batch) if make_batch else batch
     variables = cast_variables(variables, compute_dtype)
     images = images.astype(compute_dtype)
     stable = chunk["stable"]
@@ -340,6 +349,7 @@ def disentangle(
     trajectory_every: int = 0,
     stop_after_steps: int = 0,
     step_fn: Callable | None = None,
+    batches=None,
     compute_dtype: str = "float32",
     remat: bool = False,
     memory_limit_gb: float = 0.0,
@@ -377,8 +387,12 @@ def disentangle(
       stored run's interval.
     stop_after_steps: if > 0, return after this many steps of this call (a
       checkpoint is written; a rerun resumes). For time-boxed jobs and tests.
-    step_fn: a prebuilt :func:`make_search_step` (to share its compilation;
-      it must have been built with ``compute_dtype`` and ``remat``).
+    step_fn: a prebuilt :func:`make_search_step` (to share its
+      compilation), built with ``batches.make_batch``, ``compute_dtype``
+      and ``remat``.
+    batches: where the images come from
+      (:mod:`nad_jax.data.batch_source`; default: the host pipeline,
+      ``dataset.concept_batch``). The caller closes it.
     compute_dtype: ``'float32'`` or ``'bfloat16'``, the network's weights
       and activations (see :func:`make_search_step`).
     remat: recompute the gated forward pass in the backward pass.
@@ -406,16 +420,19 @@ def disentangle(
   # The step budget may have changed since the checkpoint was written.
   state["done"] = _is_done(state, num_steps, patience)
 
+  if batches is None:
+    batches = batch_source.HostBatches(dataset, batch_size)
   step_fn = step_fn or make_search_step(
-      model, objective, optimizer, compute_dtype=compute_dtype, remat=remat)
+      model, objective, optimizer, batches.make_batch,
+      compute_dtype=compute_dtype, remat=remat)
   variables = cast_variables(variables, compute_dtype)
   mesh = _concept_mesh()
   if concepts_per_step == "auto":
     concepts_per_step = 1 if np.all(state["done"]) else (
-        _auto_concepts_per_step(step_fn, variables, dataset, state,
-                                batch_size, mesh, memory_limit_gb))
+        _auto_concepts_per_step(step_fn, variables, batches, state,
+                                int(num_steps), mesh, memory_limit_gb))
   run = _Run(
-      model=model, dataset=dataset, step_fn=step_fn,
+      model=model, dataset=dataset, batches=batches, step_fn=step_fn,
       mesh=mesh, concepts_per_step=int(concepts_per_step),
       num_steps=int(num_steps), batch_size=int(batch_size),
       patience=int(patience), log_every=int(log_every),
@@ -424,6 +441,7 @@ def disentangle(
       stop_after_steps=int(stop_after_steps), checkpointer=checkpointer,
       meta=meta, total_step=total_step, last_saved=total_step)
   variables = jax.device_put(variables, run.replicated)
+  batches.start(concept_ids, run.sharded)
   run.num_chunks = -(-int(np.sum(~state["done"])) // run.k)
   while not np.all(state["done"]) and not run.out_of_budget():
     _run_chunk(run, variables, state, _next_chunk(state, run.k))
@@ -477,24 +495,34 @@ def _log_prefix() -> str:
   return f"[process {jax.process_index()}/{jax.process_count()}] "
 
 
-def step_memory_fn(step_fn, variables, dataset, state, batch_size,
+def step_memory_fn(step_fn, variables, batches, state, num_steps,
                    mesh) -> Callable[[int], memory_lib.StepMemory]:
   """``K -> memory`` of ``step_fn`` compiled for K concepts of ``state``.
 
-  Compiles for abstract arguments (nothing is placed on a device) with the
-  run's shardings, so the compilation of the K finally chosen is reused by
-  the search.
+  The batch's shapes come from one probe batch of the batch source (for D
+  concepts, D = devices; every array in a batch has the concept axis
+  first). Compiles for abstract arguments with the run's shardings (nothing
+  is placed on a device), so the compilation of the K finally chosen is
+  reused by the search. A device pipeline keeps the next chunk's cache on
+  the device too: its batch arrays are counted twice (``extra``).
   """
   sharded = NamedSharding(mesh, PartitionSpec("concepts"))
   replicated = NamedSharding(mesh, PartitionSpec())
-  probe, _ = dataset.concept_batch(
-      distributed.process_share(state["concept_ids"])[:1], 0, batch_size)
-  image_shape = tuple(np.shape(probe)[1:])  # (B, H, W, 3)
+  devices = mesh.devices.size
+  pending = state["concept_ids"][~state["done"]]
+  batches.start(state["concept_ids"], sharded)
+  batches.start_chunk(np.resize(pending, devices), 0, num_steps)
+  example = batches.batch(0)
   num_seeds = state["stable_steps"].shape[1]
 
-  def spec(shape, dtype, sharding):
+  def spec(shape, dtype, sharding=None):
     return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype),
                                 sharding=sharding)
+
+  def per_k(x, k):
+    if np.ndim(x) == 0:
+      return spec((), jnp.result_type(x))
+    return spec((k,) + np.shape(x)[1:], jnp.result_type(x), sharded)
 
   variables_spec = jax.tree.map(
       lambda x: spec(np.shape(x), jnp.result_type(x), replicated), variables)
@@ -502,23 +530,27 @@ def step_memory_fn(step_fn, variables, dataset, state, batch_size,
                  "opt_state": state["opt_state"],
                  "stable": state["stable_steps"],
                  "sums": _zero_sums(1, num_seeds)}
+  prefetched = isinstance(batches, batch_source.DeviceBatches) and (
+      batches.cache.placement == "device")
 
   def need(k):
-    chunk = jax.tree.map(
-        lambda x: spec((k,) + np.shape(x)[1:], x.dtype, sharded), per_concept)
-    compiled = step_fn.lower(
-        variables_spec, chunk, spec((k,) + image_shape, np.float32, sharded),
-        spec((k, batch_size), np.int32, sharded),
-        jax.ShapeDtypeStruct((), jnp.int32)).compile()
-    return memory_lib.StepMemory.of(compiled)
+    chunk = jax.tree.map(lambda x: per_k(x, k), per_concept)
+    batch = jax.tree.map(lambda x: per_k(x, k), example)
+    compiled = step_fn.lower(variables_spec, chunk, *batch,
+                             jax.ShapeDtypeStruct((), jnp.int32)).compile()
+    extra = 0
+    if prefetched:
+      extra = sum(int(np.prod(x.shape)) * x.dtype.itemsize
+                  for x in jax.tree.leaves(batch)) // devices
+    return memory_lib.StepMemory.of(compiled, extra=extra)
 
   return need
 
 
-def _auto_concepts_per_step(step_fn, variables, dataset, state, batch_size,
+def _auto_concepts_per_step(step_fn, variables, batches, state, num_steps,
                             mesh, memory_limit_gb) -> int:
   """The largest K whose compiled step fits (``nad_jax.memory``)."""
-  need = step_memory_fn(step_fn, variables, dataset, state, batch_size, mesh)
+  need = step_memory_fn(step_fn, variables, batches, state, num_steps, mesh)
   local = [d for d in mesh.devices.flat
            if d.process_index == jax.process_index()]
   pending = int(np.sum(~state["done"]))
@@ -536,6 +568,7 @@ class _Run:
   """What one call of :func:`disentangle` carries from chunk to chunk."""
   model: Any
   dataset: Any
+  batches: Any
   step_fn: Callable
   mesh: Mesh
   concepts_per_step: int
@@ -600,11 +633,13 @@ def _run_chunk(run: _Run, variables, state, rows: np.ndarray) -> None:
       "sums": _zero_sums(k, num_seeds),
   }, run.sharded)
   patience = jnp.asarray(run.patience, jnp.int32)
+  run.batches.start_chunk(chunk_ids, step, run.num_steps,
+                          _upcoming_chunk(state, rows, k))
   progress = _Progress(run, state, rows, step)
   in_flight = collections.deque()
   while step < run.num_steps and not run.out_of_budget():
-    images, labels = _device_batch(run, chunk_ids, step)
-    chunk, metrics = run.step_fn(variables, chunk, images, labels, patience)
+    chunk, metrics = run.step_fn(variables, chunk, *run.batches.batch(step),
+                                 patience)
     step += 1
     run.total_step += 1
     run.steps_this_call += 1
@@ -634,41 +669,6 @@ def _run_chunk(run: _Run, variables, state, rows: np.ndarray) -> None:
       run.last_saved = run.total_step
     if stopped:
       break
-
-
-def _device_batch(run: _Run, chunk_ids: np.ndarray, step: int):
-  """The step's ``(images, labels)`` on the devices, concept-sharded.
-
-  With several processes each one reads only the concepts that land on its
-  own devices.
-  """
-  if jax.process_count() == 1:
-    images, labels = run.dataset.concept_batch(chunk_ids, step,
-                                               run.batch_size)
-    return (jax.device_put(np.asarray(images, np.float32), run.sharded),
-            jax.device_put(np.asarray(labels, np.int32), run.sharded))
-  k = len(chunk_ids)
-  loaded = {}
-  for index in run.sharded.addressable_devices_indices_map((k,)).values():
-    rows = range(k)[index[0]]
-    if (rows.start, rows.stop) not in loaded:
-      images, labels = run.dataset.concept_batch(
-          chunk_ids[rows.start:rows.stop], step, run.batch_size)
-      loaded[rows.start, rows.stop] = (np.asarray(images, np.float32),
-                                       np.asarray(labels, np.int32))
-  first = next(iter(loaded.values()))
-
-  def put(which):
-    shape = (k,) + first[which].shape[1:]
-
-    def shard(index):
-      rows = range(k)[index[0]]
-      return loaded[rows.start, rows.stop][which][(slice(None),)
-                                                  + tuple(index[1:])]
-
-    return jax.make_array_from_callback(shape, run.sharded, shard)
-
-  return put(0), put(1)
 
 
 def _zero_sums(k, num_seeds):
@@ -731,6 +731,18 @@ def _next_chunk(state, k):
   first_step = state["steps_done"][pending[0]]
   same = pending[state["steps_done"][pending] == first_step]
   return same[:k]
+
+
+def _upcoming_chunk(state, rows, k):
+  """The next chunk's class ids (padded) if this one runs to its end."""
+  rest = {"done": state["done"].copy(), "steps_done": state["steps_done"]}
+  rest["done"][rows] = True
+  if np.all(rest["done"]):
+    return None
+  upcoming = _next_chunk(rest, k)
+  padded = np.concatenate([upcoming,
+                           np.repeat(upcoming[-1:], k - len(upcoming))])
+  return state["concept_ids"][padded]
 
 
 def _write_back(state, rows, chunk, step, run: _Run):

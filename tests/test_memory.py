@@ -9,6 +9,7 @@ import pytest
 from nad_jax import memory
 from nad_jax import optim
 from nad_jax import search
+from nad_jax.data import batch_source
 from tests import test_search
 from tests import tiny
 
@@ -69,9 +70,10 @@ def _tiny_need():
               num_steps=6, trajectory_every=10)
   state = search.init_state(list(range(5)), meta, optimizer)
   variables = jax.tree.map(np.asarray, tiny.tiny_variables(5))
-  return search.step_memory_fn(test_search.STEP, variables,
-                               tiny.TinyDataset(5), state, 4,
-                               search._concept_mesh())
+  return search.step_memory_fn(
+      test_search.STEP, variables,
+      batch_source.HostBatches(tiny.TinyDataset(5), 4), state, 6,
+      search._concept_mesh())
 
 
 def test_auto_refuses_with_the_memory_it_needs():

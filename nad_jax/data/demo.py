@@ -298,6 +298,12 @@ class DemoDataset:
     labels = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
     return images.reshape((-1,) + images.shape[2:]), labels
 
+  def train_images(self, class_id: int) -> np.ndarray:
+    """All train images of a class, ``[N, H, W, 3] float32`` normalised (a
+    view; the decode-once cache of the device pipeline reads it)."""
+    base.check_class_ids([class_id], self.num_classes)
+    return self._images["train"][int(class_id)]
+
   def concept_batch(self, class_ids: Sequence[int], step: int,
                     batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The search's train batch for one step: ``[K, B, H, W, 3]``, ``[K, B]``.

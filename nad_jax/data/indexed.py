@@ -20,6 +20,7 @@ Memory: one batch of K * B float32 images (0.6 MB each at 224x224) plus
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import threading
 from collections.abc import Iterator, Sequence
 
@@ -68,6 +69,10 @@ class IndexedConceptDataset:
     self.label_of: np.ndarray | None = None
     self._lock = threading.Lock()
     self._pool = None
+    # Optional fixed crops: (class id, step, b, height, width) -> (top,
+    # left, h, w, flip) replaces the random box and flip of search batches
+    # (to compare with the device pipeline given the same boxes).
+    self.box_source = None
 
   # Subclasses provide these three.
   def _count(self, split: str, class_id: int) -> int:
@@ -91,14 +96,15 @@ class IndexedConceptDataset:
     base.check_class_ids([class_id], len(self.class_names))
     return self._count(split, class_id)
 
-  def _load(self, split: str, class_id: int, index: int, augment: str,
-            rng: np.random.Generator | None) -> np.ndarray | None:
-    """One image read and transformed; None (logged, counted) if unreadable."""
+  def decode(self, split: str, class_id: int,
+             index: int) -> Image.Image | None:
+    """One image as PIL RGB; None (logged once, listed in ``skipped_files``)
+    if it cannot be read. Thread-safe; the decode-once cache uses it too."""
     key = (split, class_id, index)
     if key in self._bad:
       return None
     try:
-      image = preprocess.to_pil_rgb(self._read(split, class_id, index))
+      return preprocess.to_pil_rgb(self._read(split, class_id, index))
     except DECODE_ERRORS as e:
       name = self._describe(split, class_id, index)
       with self._lock:
@@ -109,8 +115,19 @@ class IndexedConceptDataset:
       logging.warning("skipping unreadable image %s (class %d %r): %s", name,
                       class_id, self.class_names[class_id], e)
       return None
+
+  def _load(self, split: str, class_id: int, index: int, augment: str,
+            rng: np.random.Generator | None) -> np.ndarray | None:
+    """One image read and transformed; None (logged, counted) if unreadable."""
+    image = self.decode(split, class_id, index)
+    if image is None:
+      return None
     if augment == "none":
       return preprocess.eval_transform(image, self.image_size)
+    if callable(rng):  # a fixed box and flip (box_source)
+      *box, flip = rng(image.height, image.width)
+      return preprocess.crop_flip_normalize(image, box, flip,
+                                            self.image_size)
     return preprocess.augment_transform(image, rng, self.image_size)
 
   def _map(self, tasks: list[tuple]) -> list[np.ndarray | None]:
@@ -139,7 +156,11 @@ class IndexedConceptDataset:
       indices = base.sample_indices(count, self.seed, class_id, step,
                                     batch_size)
       for b, index in enumerate(indices):
-        rng = preprocess.image_rng(self.seed, class_id, step * batch_size + b)
+        if self.box_source is not None:
+          rng = functools.partial(self.box_source, class_id, step, b)
+        else:
+          rng = preprocess.image_rng(self.seed, class_id,
+                                     step * batch_size + b)
         tasks.append(("train", class_id, int(index), self.augment, rng))
         counts.append(count)
     images = self._map(tasks)
@@ -162,6 +183,10 @@ class IndexedConceptDataset:
                                       3)
     labels = np.repeat(self._labels(class_ids)[:, None], batch_size, axis=1)
     return images, labels
+
+  def labels(self, class_ids) -> np.ndarray:
+    """The network's label of each class id (``[K] int32``)."""
+    return self._labels(class_ids)
 
   def _labels(self, class_ids) -> np.ndarray:
     class_ids = np.asarray(class_ids, np.int32)
