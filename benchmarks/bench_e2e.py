@@ -68,6 +68,7 @@ from nad_jax import models
 from nad_jax import params_io
 from nad_jax import pipeline
 from nad_jax import search
+from nad_jax.data import decode_cache
 
 _MODEL = flags.DEFINE_string("model", "vgg16", "Model name.")
 _DTYPE = flags.DEFINE_enum("compute_dtype", "bfloat16",
@@ -80,8 +81,8 @@ _BATCH = flags.DEFINE_integer("batch_size", 16, "Images per concept.")
 _STEPS = flags.DEFINE_integer("steps", 40, "Steps per chunk (timed run).")
 _CHUNKS = flags.DEFINE_integer("chunks", 2, "Chunks in the timed run.")
 _PIPELINE = flags.DEFINE_string(
-    "pipeline", "", "config.data.pipeline (host or device) where this "
-    "checkout has it; empty: the default.")
+    "pipeline", "", "config.data.pipeline (host, device or auto); empty: "
+    "the config's default.")
 _WORKERS = flags.DEFINE_integer("num_workers", 0,
                                 "config.data.num_workers (host threads).")
 _DATA_ROOT = flags.DEFINE_string("data_root", "", "ImageNet-shaped folder.")
@@ -225,9 +226,6 @@ def build_config(workdir: str, dtype: str, pipeline_name: str,
   config.search.checkpoint_every = 10 ** 9  # saves at each chunk end
   config.data.num_workers = _WORKERS.value
   if pipeline_name:
-    if "pipeline" not in config.data:
-      raise ValueError(f"pipeline {pipeline_name!r}: this checkout has no "
-                       f"config.data.pipeline")
     config.data.pipeline = pipeline_name
   if name.startswith("demo_"):
     config.model.num_classes = 16
@@ -273,12 +271,16 @@ _STEPS_BY_KEY: dict = {}
 _make_search_step = search.make_search_step
 
 
-def _recording_make_step(model, objective, optimizer, **kwargs):
-  """``search.make_search_step``, one recorded step per dtype/remat."""
-  key = (type(model).__name__, tuple(sorted(kwargs.items())))
+def _recording_make_step(model, objective, optimizer, make_batch=None,
+                         **kwargs):
+  """``search.make_search_step``, one recorded step per batch source kind,
+  dtype and remat (a source's ``make_batch`` depends only on the config, so
+  the warm-up's compiled step serves the timed run)."""
+  source = type(getattr(make_batch, "__self__", None)).__name__
+  key = (type(model).__name__, source, tuple(sorted(kwargs.items())))
   if key not in _STEPS_BY_KEY:
     _STEPS_BY_KEY[key] = RecordingStep(
-        _make_search_step(model, objective, optimizer, **kwargs))
+        _make_search_step(model, objective, optimizer, make_batch, **kwargs))
   _STEPS_BY_KEY["last"] = _STEPS_BY_KEY[key]
   return _STEPS_BY_KEY[key]
 
@@ -294,8 +296,10 @@ def run_one(workdir: str, dtype: str, pipeline_name: str, concepts: str,
   with config.unlocked():
     config.search.num_steps = 2
     config.search.stop_after_steps = 2
+  # (auto K is at most the concepts it is given: leave room for --chunks.)
   pipeline.search_paths(config, os.path.join(workdir, f"warmup_{tag}"),
-                        model, variables, dataset, concept_ids)
+                        model, variables, dataset,
+                        concept_ids[:max(1, len(concept_ids) // _CHUNKS.value)])
   step = _STEPS_BY_KEY["last"]
   k = int(step.last[2]["stable"].shape[0])
   total = k * _CHUNKS.value
@@ -327,8 +331,9 @@ def run_one(workdir: str, dtype: str, pipeline_name: str, concepts: str,
   rate = k * b * steps / wall
   wall_step = wall / steps
   projected_h = -(-1000 // k) * 1700 * wall_step / 3600
-  shown_pipeline = ("demo (in memory)" if config.data.source == "demo"
-                    else config.data.get("pipeline", "host"))
+  shown_pipeline = decode_cache.resolve_pipeline(config.data.pipeline)
+  if config.data.source == "demo":
+    shown_pipeline += " (demo data)"
   shown_dtype = dtype + (" remat" if _REMAT.value else "")
   auto = " (auto)" if concepts == "auto" else ""
   return (f"| {_MODEL.value} | {shown_dtype} | {shown_pipeline} | "

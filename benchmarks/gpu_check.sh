@@ -49,16 +49,16 @@ CLASSES=${GEN_CLASSES:-256}
 PER_CLASS=${GEN_PER_CLASS:-48}
 if [ ! -d "$DATA/train" ]; then
   if [ -f benchmarks/make_synthetic_imagenet.py ]; then
-    python3 benchmarks/make_synthetic_imagenet.py --out="$DATA" \
-      --classes="$CLASSES" --per_class="$PER_CLASS" > /dev/null 2>&1 \
-      || rm -rf "$DATA"
+    PYTHONPATH=. python3 benchmarks/make_synthetic_imagenet.py \
+      --out "$DATA" --classes "$CLASSES" --train_per_class "$PER_CLASS" \
+      --workers "$(nproc)" > /dev/null 2>&1 || rm -rf "$DATA"
   fi
-  if [ ! -d "$DATA/train" ]; then
+  if [ ! -d "$DATA/train" ]; then  # fallback: bench_e2e's own JPEGs
     python3 benchmarks/bench_e2e.py --generate_classes="$CLASSES" \
       --generate_per_class="$PER_CLASS" --data_root="$DATA" > /dev/null 2>&1
   fi
 fi
-note "data: $(find "$DATA/train" -name '*.jpg' | wc -l) train JPEGs in" \
+note "data: $(find "$DATA/train" -type f | wc -l) train JPEGs in" \
   "$(ls "$DATA/train" | wc -l) classes, $(du -sh "$DATA" | cut -f1)" \
   "($(( $(date +%s) - START )) s)"
 

@@ -6,8 +6,10 @@ runs as one SPMD program over every process's devices, in lockstep:
 
 * The concept axis of each step is sharded over all devices of all
   processes (``jax.devices()``); each process places and computes the
-  concepts on its own devices and reads only those concepts' images
-  (``search._device_batch``). K is a multiple of the global device count.
+  concepts on its own devices and, with the host data pipeline, reads only
+  those concepts' images (``batch_source.HostBatches``; the device
+  pipeline still builds the chunk's whole decode cache on every process).
+  K is a multiple of the global device count.
 * Every ``log_every`` steps (and to save or end a chunk) the processes
   gather the chunk's state (:func:`gather`, an all-gather), so every
   process holds the same host state and takes the same decisions.

@@ -105,8 +105,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     network whose search stopped early (``search.stop_after_steps``) has no
     row yet: rerun to resume it.
   """
-  validate_config(config)
+  # Before anything touches a JAX backend (validation resolves
+  # data.pipeline='auto' from it).
   distributed.initialize(config.distributed)
+  validate_config(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   logging.info("JAX devices: %s", jax.devices())

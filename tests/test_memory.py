@@ -12,6 +12,7 @@ from nad_jax import search
 from nad_jax.data import batch_source
 from tests import test_search
 from tests import tiny
+from tests.test_device_pipeline import photo_root  # noqa: F401
 
 
 def _budget(nbytes):
@@ -125,3 +126,29 @@ def test_config_refuses_bad_concepts_per_step(value):
     pipeline.validate_config(config)
   config.search.concepts_per_step = "auto"
   pipeline.validate_config(config)
+
+
+def test_auto_with_the_device_pipeline_counts_its_cache(photo_root, caplog):
+  """Auto K probes the device pipeline's batch (the decode cache) too; the
+  bf16 step runs on its device-made images."""
+  from nad_jax.data import folder  # pylint: disable=g-import-not-at-top
+  caplog.set_level(logging.INFO)
+  results = []
+  for concepts_per_step in ("auto", 3):
+    dataset = folder.FolderDataset(photo_root, image_size=32,
+                                   augment="random_resized_crop")
+    batches = batch_source.DeviceBatches(
+        dataset, batch_size=4, seed=0, image_size=32,
+        augment="random_resized_crop", placement="device")
+    results.append(search.disentangle(
+        tiny.TinyNet(3), tiny.tiny_variables(3, image_size=32), dataset,
+        [0, 1, 2], objective=test_search.OBJECTIVE,
+        optimizer=optim.nad_optimizer(0.3), num_steps=3, batch_size=4,
+        concepts_per_step=concepts_per_step, seed=0, log_every=0,
+        batches=batches, compute_dtype="bfloat16"))
+    batches.close()
+  assert "concepts_per_step='auto': K=3 " in caplog.text
+  assert "prefetched cache" in caplog.text
+  for site, logits in results[1].gate_logits.items():
+    np.testing.assert_allclose(results[0].gate_logits[site], logits,
+                               rtol=1e-6)
