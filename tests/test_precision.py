@@ -86,6 +86,8 @@ def test_bf16_matches_f32_on_the_demo_networks(name, demo_data):
   batches = [demo_data.concept_batch(ids, step, 16) for step in range(15)]
   rel, jaccard, flipped = _compare(model, variables, batches, lam=1.0,
                                    alpha=0.5)
+  print(f"{name}: loss rel. diff max {np.max(rel):.2e}, Jaccard "
+        f"{np.round(jaccard, 4)}, flipped {np.round(flipped, 3)}")
   assert np.max(rel) < 5e-3, rel
   assert np.min(jaccard) > 0.97, jaccard
   assert np.min(flipped) > 0.2, flipped  # the paths did move
@@ -133,6 +135,8 @@ def test_bf16_matches_f32_on_vgg16_224():
               np.zeros((2, 2), np.int32)) for _ in range(3)]
   rel, jaccard, flipped = _compare(model, variables, batches, lam=1.0,
                                    alpha=5.0)
+  print(f"vgg16: loss rel. diff max {np.max(rel):.2e}, Jaccard "
+        f"{np.round(jaccard, 4)}, flipped {np.round(flipped, 3)}")
   assert np.max(rel) < 2e-3, rel
   assert np.min(jaccard) > 0.99, jaccard
   assert np.min(flipped) > 0.1, flipped
