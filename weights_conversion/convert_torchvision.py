@@ -48,6 +48,7 @@ import numpy as np
 
 from nad_jax import params_io
 from nad_jax.models import densenet, resnet, vgg
+from weights_conversion import convert_efficientnet
 from weights_conversion import torch_utils as tu
 # pylint: enable=wrong-import-position
 
@@ -354,6 +355,12 @@ def compare_with_torchvision(arch: str, variables: Mapping[str, Any],
 
 
 def main(argv: list[str] | None = None) -> int:
+  # EfficientNet-Lite (EfficientNet-PyTorch keys) has its own converter with
+  # the same command line: weights_conversion/convert_efficientnet.py.
+  peek = argparse.ArgumentParser(add_help=False)
+  peek.add_argument("--arch")
+  if peek.parse_known_args(argv)[0].arch in convert_efficientnet.ARCHS:
+    return convert_efficientnet.main(argv)
   parser = argparse.ArgumentParser(
       description="Convert a torchvision checkpoint to a nad-jax params "
                   "checkpoint (Orbax).")
