@@ -35,6 +35,7 @@ from PIL import Image
 
 from nad_jax import models
 from nad_jax.data import preprocess
+from nad_jax.models import efficientnet_lite
 from tests import data_photos
 from tests.data_photos import efficientnet_lite0_weights as weights_file
 from tests import torch_efficientnet_lite as golden
@@ -95,11 +96,19 @@ def _imagenet(pixels):
 
 
 def _assert_close(name, ours, theirs):
+  """Asserts max |ours - theirs| / max |theirs| <= RTOL; returns it."""
   assert ours.shape == theirs.shape, (name, ours.shape, theirs.shape)
   scale = float(np.max(np.abs(theirs)))
   assert scale > 0, f"{name}: torch output is all zero"
   rel = float(np.max(np.abs(ours - theirs))) / scale
   assert rel <= RTOL, f"{name}: relative error {rel:.2e} > {RTOL}"
+  return rel
+
+
+def _print_worst(what, site_errors, logits_error):
+  worst = max(site_errors, key=site_errors.get)
+  print(f"\n{what}: worst site {worst} {site_errors[worst]:.1e}, logits "
+        f"{logits_error:.1e} (relative)")
 
 
 def test_checkpoint_is_lite0(networks):
@@ -126,13 +135,15 @@ def test_parity_with_pytorch_at_224(networks):
   logits, activations = _flax_forward(flax_model, variables,
                                       _imagenet(pixels))
   assert list(activations) == [f"site{i:02d}" for i in range(18)]
+  errors = {}
   for i, theirs in enumerate(torch_sites):
     site = f"site{i:02d}"
     assert activations[site].shape[1:] == (SITE_SIZES_224[i],
                                            SITE_SIZES_224[i],
                                            SITE_CHANNELS[i])
-    _assert_close(f"224px {site}", activations[site], theirs)
-  _assert_close("224px logits", logits, torch_logits)
+    errors[site] = _assert_close(f"224px {site}", activations[site], theirs)
+  _print_worst("224px", errors,
+               _assert_close("224px logits", logits, torch_logits))
 
 
 def test_gated_parity_with_pytorch_at_201(networks):
@@ -152,10 +163,11 @@ def test_gated_parity_with_pytorch_at_201(networks):
   assert np.max(np.abs(torch_logits - plain_logits)) > 1e-2
   logits, activations = _flax_forward(flax_model, variables,
                                       _imagenet(pixels), gates)
-  for i, theirs in enumerate(torch_sites):
-    _assert_close(f"gated 201px site{i:02d}", activations[f"site{i:02d}"],
-                  theirs)
-  _assert_close("gated 201px logits", logits, torch_logits)
+  errors = {f"site{i:02d}": _assert_close(
+      f"gated 201px site{i:02d}", activations[f"site{i:02d}"], theirs)
+            for i, theirs in enumerate(torch_sites)}
+  _print_worst("gated 201px", errors,
+               _assert_close("gated 201px logits", logits, torch_logits))
 
 
 def _tf_style_crop(image: Image.Image, size: int = 224) -> Image.Image:
@@ -202,3 +214,23 @@ def test_packaged_file_round_trips_through_the_loader():
   assert sorted(state_dict) == sorted(raw)
   np.testing.assert_array_equal(state_dict["_blocks.15._project_conv.weight"],
                                 raw["_blocks.15._project_conv.weight"].numpy())
+
+
+@pytest.mark.parametrize("size,kernel,stride", [(9, 3, 2), (10, 5, 2),
+                                                (7, 5, 1)])
+def test_depthwise_forms_equal_torch_grouped_conv(size, kernel, stride):
+  rng = np.random.default_rng(size)
+  x = rng.standard_normal((2, size, size, 6)).astype(np.float32)
+  weight = rng.standard_normal((6, 1, kernel, kernel)).astype(np.float32)
+  conv = golden.SameConv2d(6, 6, kernel, stride, groups=6)
+  with torch.no_grad():
+    conv.weight.copy_(torch.from_numpy(weight))
+    want = conv(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+  want = want.permute(0, 2, 3, 1).numpy()
+  variables = {"params": {"kernel": weight.transpose(2, 3, 1, 0)}}
+  for impl in ("conv", "shifted"):
+    module = efficientnet_lite.DepthwiseConv(6, kernel, stride, impl)
+    with jax.default_matmul_precision("highest"):
+      got = module.apply(variables, jnp.asarray(x))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5,
+                               err_msg=impl)
