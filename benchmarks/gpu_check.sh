@@ -26,3 +26,7 @@ for m in vgg16 resnet50 densenet121 darts_v2; do
     --num_classes=1000 --image_size=224 --concepts=8 --batch_size=16 \
     --repeats=3 --results="$R" 2>&1 | grep -v '^W\|^I' | tail -2
 done
+# 3. EfficientNet-Lite0's depthwise convolution forms (grouped conv vs
+#    shifted taps; 'auto' picks the grouped conv off CPU).
+timeout 200 python3 benchmarks/bench_depthwise.py --batch=64 --repeats=5 \
+  2>&1 | grep -v '^W\|^I' | tee "$OUT/depthwise_bench.md"

