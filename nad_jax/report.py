@@ -109,7 +109,10 @@ def summarize_model(model: str,
     raise ValueError(f"original_accuracy of model {model!r} has "
                      f"{original_accuracy.shape[0]} entries, expected "
                      f"{num_concepts}")
-  per_seed_i = metrics.interpretability(similarity, path_accuracy)
+  # I and the hierarchy scores compare concepts: NaN for a single one.
+  comparable = num_concepts >= 2
+  per_seed_i = (metrics.interpretability(similarity, path_accuracy)
+                if comparable else np.full(num_seeds, np.nan))
   usage = metrics.unit_usage(paths)
   row = {
       "model": model,
@@ -125,7 +128,7 @@ def summarize_model(model: str,
   }
   keys = ("cophenetic_correlation", "adjusted_rand_index",
           "within_primary_similarity", "across_primary_similarity")
-  if primary_of is None:
+  if primary_of is None or not comparable:
     row.update({key: float("nan") for key in keys})
     row["num_primaries"] = 0
   else:

@@ -51,6 +51,7 @@ class TinyDataset:
     self.hierarchy = None
     self.aliases = {}
     self.wnids = None
+    self.label_of = None
     self.skipped_files = []
     self.seed = seed
     self.images = {

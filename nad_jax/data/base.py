@@ -9,6 +9,8 @@ A *concept dataset* serves images per class (a class is a concept):
   hierarchy files (wnids, folder names); may be empty.
 * ``wnids``: the ImageNet wnids of the classes in id order, or ``None``
   (needed by ``config.data.hierarchy='wordnet:...'``).
+* ``label_of``: the network's output index of each class id (an int
+  array), or ``None`` when it is the class id itself.
 * ``skipped_files``: the images left out so far as unreadable or
   non-finite, each named (file, record or index), in the order met; the
   run's report lists them.
@@ -46,6 +48,7 @@ class ConceptDataset(Protocol):
   hierarchy: dict[str, list[int]] | None
   aliases: Mapping[str, int]
   wnids: Sequence[str] | None
+  label_of: np.ndarray | None
   skipped_files: list[str]
 
   def num_images(self, split: str, class_id: int) -> int:

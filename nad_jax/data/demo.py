@@ -204,7 +204,7 @@ class DemoDataset:
     class_names: ``'primary/secondary'`` names, index = class id; the classes
       of primary p are ids ``p * classes_per_primary ...``.
     hierarchy: primary concept -> its class ids.
-    aliases: none (``{}``); wnids: ``None``.
+    aliases: none (``{}``); wnids, label_of: ``None``.
     skipped_files: images left out for a non-finite value, named
       ``demo/<split>/<class id>/<index>`` (none unless the arrays were
       changed after generation).
@@ -262,6 +262,7 @@ class DemoDataset:
     }
     self.aliases: dict[str, int] = {}
     self.wnids: list[str] | None = None
+    self.label_of: np.ndarray | None = None  # labels are the class ids
     self.skipped_files: list[str] = []
     self._skipped: set[tuple[str, int, int]] = set()
     counts = {"train": train_per_class, "val": val_per_class}
