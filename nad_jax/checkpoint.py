@@ -41,7 +41,10 @@ much again for the trajectory.
 
 from __future__ import annotations
 
+import errno
 import os
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -140,6 +143,7 @@ class SearchCheckpointer:
       os.makedirs(self.directory, exist_ok=True)
       state = {k: _to_numpy(v) for k, v in state.items()}
       self._pending = step
+      _check_free_space(self.directory, state)
       self._manager.save(
           step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                         meta=ocp.args.JsonSave(dict(meta))),
@@ -161,19 +165,26 @@ class SearchCheckpointer:
     self._pending = None
 
   def close(self) -> None:
+    """Waits for the save in flight and closes; raises its SaveError."""
+    error = None
     try:
       self.wait()
-    finally:
+    except errors.SaveError as e:
+      error = e
+    try:
       self._manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      error = error or self._save_error(e)
+    if error is not None:
+      _join_orbax_threads()
+      raise error
 
   def close_quietly(self) -> None:
-    """Closes after another error: a failed save is logged, not raised."""
+    """Closes after another error; a failed save is logged in one line."""
     try:
       self.close()
-    except errors.SaveError as e:
-      logging.error("%s", e)
-    except Exception:  # pylint: disable=broad-except
-      logging.exception("closing the checkpoint manager failed")
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("While stopping: %s", errors.one_line(str(e), 500))
 
   def _save_error(self, error: BaseException) -> errors.SaveError:
     failed = self._pending
@@ -183,10 +194,44 @@ class SearchCheckpointer:
     intact = [s for s in self.all_steps() if s != failed]
     previous = (f"the previous checkpoint (step {intact[-1]}) is intact"
                 if intact else "no earlier checkpoint exists")
+    which = f" (step {failed})" if failed is not None else ""
     return errors.SaveError(
-        f"saving the search checkpoint (step {failed}) in {self.directory} "
-        f"failed: {reason}; {previous}. Fix that and rerun with the same "
-        f"--workdir to resume.")
+        f"saving the search checkpoint{which} in {self.directory} failed: "
+        f"{reason}; {previous}. Fix that and rerun with the same --workdir "
+        f"to resume.")
+
+
+def _check_free_space(directory: str, state: Mapping[str, Any]) -> None:
+  """Raises ENOSPC before a save that cannot fit (the state's bytes plus
+  1 MB of metadata), so that a full disk stops the run before Orbax starts
+  writing; a disk that fills during the save is caught by Orbax."""
+  needed = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(
+      dict(state))) + (1 << 20)
+  try:
+    stats = os.statvfs(directory)
+  except OSError:
+    return
+  free = stats.f_bavail * stats.f_frsize
+  if free < needed:
+    raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {free} bytes "
+                  f"free, the checkpoint needs about {needed}", directory)
+
+
+def _join_orbax_threads(timeout: float = 30.0) -> None:
+  """Waits (bounded) for Orbax's writer threads after a failed save.
+
+  A failed save stops waiting at the first failed write while the other
+  writes still run; if the process then exits, their callbacks meet a
+  closed event loop and print tracebacks. Letting them end first keeps the
+  failure to its one-line message.
+  """
+  deadline = time.monotonic() + timeout
+  for thread in threading.enumerate():
+    if thread is threading.current_thread() or not thread.is_alive():
+      continue
+    if type(thread).__module__.startswith("orbax") or thread.name in (
+        "async_save", "save_finalize"):
+      thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def search_meta(model_name: str, site_channels: Mapping[str, int],

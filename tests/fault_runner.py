@@ -77,15 +77,19 @@ def _kill(sig=signal.SIGKILL):
 
 
 def _fill_disk(directory: str) -> None:
+  """Waits for the save in flight, then fills the file system."""
+  if "checkpointer" in _counts:
+    _counts["checkpointer"]._manager.wait_until_finished()  # pylint: disable=protected-access
   block = b"\0" * 4096
-  with open(os.path.join(directory, "filler"), "wb") as f:
-    try:
-      while True:
-        f.write(block)
-        f.flush()
-    except OSError as e:
-      if e.errno != errno.ENOSPC:
-        raise
+  fd = os.open(os.path.join(directory, "filler"), os.O_WRONLY | os.O_CREAT)
+  try:
+    while True:
+      os.write(fd, block)
+  except OSError as e:
+    if e.errno != errno.ENOSPC:
+      raise
+  finally:
+    os.close(fd)
 
 
 def install_faults(workdir: str) -> None:
@@ -120,38 +124,53 @@ def install_faults(workdir: str) -> None:
     return plain_batch(self, class_ids, step, batch_size)
 
   demo.DemoDataset.concept_batch = concept_batch
+  remembered_save = checkpoint.SearchCheckpointer.save
+
+  def remember(self, step, state, meta):
+    _counts["checkpointer"] = self
+    return remembered_save(self, step, state, meta)
+
+  checkpoint.SearchCheckpointer.save = remember
 
   if "kill_in_save" in FAULTS or "enospc_in_save" in FAULTS:
     from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
     from orbax.checkpoint._src.serialization import type_handlers  # pylint: disable=g-import-not-at-top
     plain_save = checkpoint.SearchCheckpointer.save
     plain_finalize = atomicity.AtomicRenameTemporaryPath.finalize
-    plain_write = type_handlers._open_and_write  # pylint: disable=protected-access
+    plain_write = type_handlers.NumpyHandler._open_and_write  # pylint: disable=protected-access
     number, when = FAULTS.get("kill_in_save", (None, None))
 
     def save(self, step, state, meta):
       _counts["saves"] += 1
+      if _counts["saves"] == number:
+        _counts["target"] = str(step)
+      if _counts["saves"] == FAULTS.get("enospc_in_save"):
+        _counts["enospc"] = str(step)
       plain_save(self, step, state, meta)
       if _counts["saves"] == number and when == "write":
         _kill()
 
+    # Orbax finalizes asynchronously, maybe after later saves started: the
+    # step directory's name says which save it is.
     async def finalize(self, *args, **kwargs):
-      is_step = os.path.basename(str(self._final_path)).isdigit()  # pylint: disable=protected-access
-      if is_step and _counts["saves"] == number and when == "commit":
+      target = os.path.basename(str(self._final_path)) == _counts.get(  # pylint: disable=protected-access
+          "target")
+      if target and when == "commit":
         _kill()
       result = await plain_finalize(self, *args, **kwargs)
-      if is_step and _counts["saves"] == number and when == "after_commit":
+      if target and when == "after_commit":
         _kill()
       return result
 
-    async def open_and_write(*args, **kwargs):
-      if _counts["saves"] == FAULTS.get("enospc_in_save"):
+    async def open_and_write(handler, value, tspec, *args, **kwargs):
+      if f"/{_counts.get('enospc')}.orbax-checkpoint-tmp/" in json.dumps(
+          tspec, default=str):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-      return await plain_write(*args, **kwargs)
+      return await plain_write(handler, value, tspec, *args, **kwargs)
 
     checkpoint.SearchCheckpointer.save = save
     atomicity.AtomicRenameTemporaryPath.finalize = finalize
-    type_handlers._open_and_write = open_and_write  # pylint: disable=protected-access
+    type_handlers.NumpyHandler._open_and_write = open_and_write  # pylint: disable=protected-access
 
 
 def _flag(name: str) -> str:
