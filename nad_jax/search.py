@@ -29,6 +29,14 @@ value changed since the previous record and the share of units selected
 (``SearchResult.trajectory``; ``pipeline`` writes it as
 ``trajectory.npz``), so a user can see whether paths converged.
 
+Faults: a concept whose loss, activation or gradient is not finite stops
+at that step with its last finite gates (``SearchResult.failures`` names
+the step and the site); the others go on. With a workdir the search holds
+its lock (``nad_jax.workdir_lock``), and under ``nad_jax.stop`` a SIGINT or
+SIGTERM saves a checkpoint after the current step and raises
+``nad_jax.errors.Interrupted``. The finiteness checks are reductions over
+the activations and gate gradients the step already holds.
+
 Memory per step: K * S forward+backward passes of a batch of B images (all
 site activations kept for the backward pass) plus K reference forward passes.
 """

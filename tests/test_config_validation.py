@@ -222,8 +222,8 @@ def test_main_reports_a_config_error_in_one_line(tmp_path):
 def test_main_refuses_an_empty_workdir_flag(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "nad_jax.main",
-       f"--config={ROOT}/configs/demo.py", "--workdir="], cwd=tmp_path, capture_output=True, text=True,
-      timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+       f"--config={ROOT}/configs/demo.py", "--workdir="], cwd=tmp_path,
+      capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
   assert proc.returncode == 1, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert "--workdir is empty" in proc.stderr

@@ -41,8 +41,8 @@ NUM_CLASSES = 10  # The classifier's size does not change what is tested.
 RTOL = 1e-4
 OTHER_SIZE = 200
 
-# The torchvision module whose output is each gate site (authors' code,
-# NAD_FACTS section 4), in site order.
+# The torchvision module whose output is each gate site (the authors' code's
+# sites, docs/networks.md, Gate sites), in site order.
 SITE_MODULES = {
     # ReLU after each conv; the max-pool where one follows; the avg-pool.
     "vgg16": ["features.1", "features.4", "features.6", "features.9",

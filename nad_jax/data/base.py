@@ -21,10 +21,11 @@ A *concept dataset* serves images per class (a class is a concept):
   ``labels [K, B] int32``, row k holding only images of ``class_ids[k]``
   from the train split, every value finite: an image that cannot be read
   or holds a non-finite value is skipped (a warning names it, it joins
-  ``skipped_files``) and its slot gets the next usable image of the class. Deterministic in ``(seed, class_id, step)``: the
-  b-th image at step t is number ``t * B + b`` in the class's epoch-by-epoch
-  shuffled order (see :func:`sample_indices`), so a resumed search sees
-  the same images as an uninterrupted one.
+  ``skipped_files``) and its slot gets the next usable image of the class.
+  Deterministic in ``(seed, class_id, step)``: the b-th image at step t is
+  number ``t * B + b`` in the class's epoch-by-epoch shuffled order (see
+  :func:`sample_indices`), so a resumed search sees the same images as an
+  uninterrupted one.
 * ``eval_batches(class_id, batch_size, max_images=None)``: iterator over
   ``(images [b, H, W, 3], labels [b])`` of the class's val split, in a fixed
   order, without augmentation; skipped images are left out.
