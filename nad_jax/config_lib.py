@@ -400,6 +400,12 @@ def validate(config: ml_collections.ConfigDict,
           f"models: {', '.join(sorted(_model_names()))}")
   for name in config.compare:
     network_config(config, name, overrides)  # raises on conflicts
+  ignored = sorted(f for f in overrides if f.startswith("hparams_by_model."))
+  if ignored and not config.compare:
+    raise errors.ConfigError(
+        f"--config.{ignored[0]} has no effect: config.hparams_by_model is "
+        f"read only in compare mode (config.compare is empty); set "
+        f"--config.optim.alpha or --config.objective.* instead")
 
 
 # Fields that name one network; set on the command line they contradict a

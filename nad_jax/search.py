@@ -452,8 +452,8 @@ def disentangle(
   meta = dict(meta, concept_ids=concept_ids, num_steps=int(num_steps),
               trajectory_every=int(trajectory_every or log_every or 10))
 
-  lock = (workdir_lock.WorkdirLock(workdir) if workdir is not None
-          else contextlib.nullcontext())
+  lock = (workdir_lock.WorkdirLock(workdir, jax.process_index())
+          if workdir is not None else contextlib.nullcontext())
   with lock, stop.polling():
     checkpointer = (checkpoint_lib.SearchCheckpointer(workdir)
                     if workdir is not None else None)
@@ -504,7 +504,8 @@ def _search(model, variables, dataset, concept_ids, *, checkpointer, meta,
   if signum is not None:
     pending = int(np.sum(~state["done"]))
     where = (f"in {checkpointer.directory} (step {run.total_step})"
-             if checkpointer is not None else "nowhere (no workdir)")
+             if checkpointer is not None and run.last_saved == run.total_step
+             and run.total_step > 0 else "nowhere (no workdir or no step)")
     raise errors.Interrupted(
         signum, f"stopped by {errors.signal_name(signum)} with {pending} "
         f"of {len(state['done'])} concepts to go; the search state is saved "

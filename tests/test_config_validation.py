@@ -204,6 +204,16 @@ def test_contradicting_overrides_are_refused(tmp_path, overrides, message):
   assert not (tmp_path / "run").exists()
 
 
+def test_hparams_by_model_override_outside_compare_mode_is_refused(
+    tmp_path):
+  with pytest.raises(errors.ConfigError,
+                     match=r"--config.hparams_by_model.demo_vgg.alpha has no "
+                     r"effect"):
+    pipeline.run(_demo("vgg"), str(tmp_path / "run"),
+                 {"hparams_by_model.demo_vgg.alpha"})
+  assert not (tmp_path / "run").exists()
+
+
 def test_main_reports_a_config_error_in_one_line(tmp_path):
   """The command line: one ``error:`` line, exit 1, no traceback."""
   workdir = tmp_path / "run"

@@ -505,6 +505,32 @@ def test_pipeline_leaves_stopped_concepts_out_and_exits_3(
       "id"] == 3
 
 
+def test_no_stale_outputs_when_every_concept_stops(tmp_path, registered,
+                                                   monkeypatch, capsys):
+  """An earlier run's outputs are removed when this run has no result, so
+  nothing on disk contradicts the log."""
+  config = fault_config.get_config()
+  config.data.classes = "1"
+  workdir = tmp_path / "run"
+  config.search.num_steps = 2
+  pipeline.run(config, str(workdir))
+  assert (workdir / "paths.npz").exists()
+  config.search.num_steps = 4  # extends the same search
+  plain = demo_data.DemoDataset.concept_batch
+
+  def nan_batch(self, class_ids, step, batch_size):
+    images, labels = plain(self, class_ids, step, batch_size)
+    if step == 2:
+      images[:] = np.nan
+    return images, labels
+
+  monkeypatch.setattr(demo_data.DemoDataset, "concept_batch", nan_batch)
+  assert main_lib.run_cli(config, str(workdir)) == 3
+  assert "concept 1 'round/cyan-disc': non-finite activation at site00 in " \
+      "step 3" in capsys.readouterr().err
+  assert not _no_outputs(workdir)
+
+
 # --------------------------------------------------------------------------
 # Degenerate inputs and logs.
 
