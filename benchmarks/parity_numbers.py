@@ -2,7 +2,8 @@
 
 Usage (needs torch + torchvision)::
 
-  python benchmarks/parity_numbers.py [--sizes 224,200] [--batch_size 2]
+  python benchmarks/parity_numbers.py [--sizes 224,200] [--batch_size 2] \\
+      [--archs vgg16,resnet50,densenet121 | --archs all]
 
 Random torchvision weights (seed 0; BatchNorm affine and running statistics
 set to random non-trivial values), converted with
@@ -46,11 +47,14 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", default="224,200")
   parser.add_argument("--batch_size", type=int, default=2)
-  parser.add_argument("--archs", default="vgg16,resnet50,densenet121")
+  parser.add_argument("--archs", default="vgg16,resnet50,densenet121",
+                      help="comma-separated torchvision names, or 'all'")
   args = parser.parse_args()
+  archs = (list(convert_torchvision.ARCHS) if args.archs == "all"
+           else args.archs.split(","))
   print("| network | input | worst site (rel) | logits (rel) | logits (abs) |")
   print("|---|---|---|---|---|")
-  for arch in args.archs.split(","):
+  for arch in archs:
     state_dict = random_state_dict(arch)
     variables = convert_torchvision.convert_state_dict(arch, state_dict)
     for size in (int(s) for s in args.sizes.split(",")):

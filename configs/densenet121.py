@@ -33,10 +33,7 @@ from nad_jax import config_lib
 
 # dataset -> (paper alpha, paper lambda, code beta): paper Sec. 5.1 and
 # the authors' code; docs/networks.md, Hyperparameters.
-_HPARAMS = {
-    "imagenet": (0.6, 0.08, 0.02),
-    "places365": (0.6, 0.02, 0.02),
-}
+_HPARAMS = config_lib.PAPER_HPARAMS["densenet121"]
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

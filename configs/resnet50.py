@@ -34,10 +34,7 @@ from nad_jax import config_lib
 
 # dataset -> (paper alpha, paper lambda, code beta): paper Sec. 5.1 and
 # the authors' code; docs/networks.md, Hyperparameters.
-_HPARAMS = {
-    "imagenet": (2.5, 0.03, 0.02),
-    "places365": (2.5, 0.023, 0.02),
-}
+_HPARAMS = config_lib.PAPER_HPARAMS["resnet50"]
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

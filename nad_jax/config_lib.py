@@ -12,10 +12,26 @@ each config file gives its command line. Fields:
   dataset), ``data_dir``, ``manual_dir``, ``root`` (image folder),
   ``classes`` (``'all'``, ``'hierarchy'`` (the classes of ``hierarchy``),
   or a comma-separated string / list of class ids or names), ``hierarchy`` (JSON file primary -> classes, optional), ``augment``
-  (``'none'`` or ``'random_resized_crop'``), ``num_workers``, ``labels``
+  (``'none'`` or ``'random_resized_crop'``), ``num_workers`` (decoding
+  threads; 0: the calling thread, or all cores for the device pipeline's
+  cache), ``labels``
   (image folders: ``'position'`` = sorted folder index, ``'imagenet'`` =
   ImageNet index of wnid folders, ``'auto'`` = ``'imagenet'`` when every
-  folder is a wnid and the network has 1000 classes).
+  folder is a wnid and the network has 1000 classes), ``pipeline``
+  (``'host'``: decode and augment every draw on host threads, PIL,
+  torchvision's pixels exactly; ``'device'``: decode each chunk's train
+  images once into a uint8 cache and crop, flip and normalise on the
+  accelerator inside the jitted step, see ``nad_jax/data/decode_cache.py``;
+  ``'auto'`` (default) = ``'device'`` on GPU/TPU, where host decoding would
+  need 10-20 cores per GPU, and ``'host'`` on CPU, where the step is
+  compute-bound, the host path costs under 1% of it and needs no cache
+  memory), ``cache_placement`` (device pipeline: ``'auto'``, ``'device'``
+  or ``'host'`` memory for the cache; ``'auto'`` = the device while two
+  chunks' caches take at most a quarter of its memory), ``cache_max_size``
+  (device pipeline with ``random_resized_crop``: the stored canvas
+  ``(rows, cols)``, default ``(288, 384)``, 332 kB per image, 431 MB per
+  ImageNet class; larger photos are downscaled to fit, see
+  benchmarks/RESULTS.md "Device data pipeline").
 * ``objective``: ``name`` (``paper`` or ``official``), ``lam`` (paper's
   lambda), ``beta`` (official code's beta).
 * ``optim``: ``alpha``, the learning rate of the normalised SGD.
@@ -46,7 +62,7 @@ import copy
 import dataclasses
 import fnmatch
 import math
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 import ml_collections
@@ -77,6 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.augment = "none"
   config.data.num_workers = 0
   config.data.labels = "auto"
+  config.data.pipeline = "auto"
+  config.data.cache_placement = "auto"
+  config.data.cache_max_size = (288, 384)
 
   from nad_jax import objectives  # pylint: disable=g-import-not-at-top
   config.objective = ml_collections.ConfigDict()
@@ -119,6 +138,20 @@ PAPER_DATASETS = {
 }
 
 
+# The paper's networks' hyperparameters: network -> dataset -> (paper
+# alpha, paper lambda, authors' code beta): paper Sec. 5.1 and the
+# authors' code (docs/networks.md, Hyperparameters). The other
+# variants of a family use its paper network's values (configs/vgg.py,
+# configs/resnet.py, configs/densenet.py).
+PAPER_HPARAMS = {
+    "vgg16": {"imagenet": (0.1, 6.0, 4.5), "places365": (0.1, 6.0, 5.0)},
+    "resnet50": {"imagenet": (2.5, 0.03, 0.02),
+                 "places365": (2.5, 0.023, 0.02)},
+    "densenet121": {"imagenet": (0.6, 0.08, 0.02),
+                    "places365": (0.6, 0.02, 0.02)},
+}
+
+
 def paper_network_config(
     model_name: str, arg: str | None,
     hparams: dict[str, tuple[float, float, float]],
@@ -157,6 +190,37 @@ def paper_network_config(
   config.search.batch_size = 16
   config.search.num_steps = num_steps
   return config
+
+
+def family_config(arg: str | None, variants: Sequence[str],
+                  paper_network: str,
+                  config_file: str) -> ml_collections.ConfigDict:
+  """The config of any variant of a paper network's family.
+
+  Args:
+    arg: the config file's ``:arg``, ``VARIANT`` or ``VARIANT,DATASET``
+      (``vgg19_bn``, ``resnet18,places365``); default: ``paper_network`` on
+      ImageNet.
+    variants: the family's model names (torchvision function names).
+    paper_network: the family's network in the paper, whose
+      hyperparameters (``PAPER_HPARAMS``) every variant uses.
+    config_file: the calling file, for error messages.
+
+  Returns:
+    :func:`paper_network_config` for the variant and dataset.
+
+  Raises:
+    ValueError: an unknown variant or dataset, naming the known ones.
+  """
+  variant, _, dataset = (arg or "").partition(",")
+  variant = variant.strip() or paper_network
+  if variant not in variants:
+    raise ValueError(
+        f"{config_file}: unknown variant {variant!r}; use "
+        f"--config={config_file}:VARIANT[,DATASET] with VARIANT one of "
+        f"{sorted(variants)} and DATASET one of {sorted(PAPER_DATASETS)}")
+  return paper_network_config(variant, dataset.strip() or None,
+                              PAPER_HPARAMS[paper_network], config_file)
 
 
 # --------------------------------------------------------------------------
@@ -239,6 +303,16 @@ def _augments():
   return preprocess.AUGMENTS
 
 
+def _pipelines():
+  from nad_jax.data import decode_cache  # pylint: disable=g-import-not-at-top
+  return decode_cache.PIPELINES
+
+
+def _placements():
+  from nad_jax.data import decode_cache  # pylint: disable=g-import-not-at-top
+  return decode_cache.PLACEMENTS
+
+
 def _model_names_tuple(value) -> bool:
   return isinstance(value, (list, tuple)) and all(
       isinstance(n, str) and n in _model_names() for n in value) and len(
@@ -264,6 +338,12 @@ FIELD_RULES: dict[str, Rule] = {
     "data.augment": one_of(_augments),
     "data.num_workers": integer(0, 1024),
     "data.labels": one_of(("auto", "position", "imagenet")),
+    "data.pipeline": one_of(_pipelines),
+    "data.cache_placement": one_of(_placements),
+    "data.cache_max_size": Rule(
+        lambda v: isinstance(v, (list, tuple)) and len(v) == 2
+        and all(_is_int(x) and x >= 1 for x in v),
+        "(rows, cols), two positive integers"),
     "data.demo.seed": integer(0, 2**31 - 1),
     "data.demo.num_primaries": integer(1, 4),
     "data.demo.classes_per_primary": integer(1, 6),

@@ -57,6 +57,7 @@ from nad_jax import report
 from nad_jax import search
 from nad_jax import stop
 from nad_jax import workdir_lock
+from nad_jax.data import batch_source
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,
@@ -252,18 +253,23 @@ def search_paths(config: ml_collections.ConfigDict, workdir: str, model,
       name, model.gate_sites(), concept_ids, seed=config.seed,
       num_seeds=config.search.num_seeds, batch_size=config.search.batch_size,
       hparams=_hparams(config))
-  result = search.disentangle(
-      model, variables, dataset, concept_ids,
-      objective=objectives.get_objective(config.objective),
-      optimizer=optim.nad_optimizer(config.optim.alpha),
-      num_steps=config.search.num_steps,
-      batch_size=config.search.batch_size,
-      concepts_per_step=config.search.concepts_per_step,
-      num_seeds=config.search.num_seeds, patience=config.search.patience,
-      seed=config.seed, workdir=workdir, meta=meta,
-      checkpoint_every=config.search.checkpoint_every,
-      log_every=config.search.log_every,
-      stop_after_steps=config.search.stop_after_steps)
+  with errors.user_input("preparing the batches (config.data.pipeline)"):
+    batches = batch_source.from_config(config, dataset)
+  try:
+    result = search.disentangle(
+        model, variables, dataset, concept_ids,
+        objective=objectives.get_objective(config.objective),
+        optimizer=optim.nad_optimizer(config.optim.alpha),
+        num_steps=config.search.num_steps,
+        batch_size=config.search.batch_size,
+        concepts_per_step=config.search.concepts_per_step,
+        num_seeds=config.search.num_seeds, patience=config.search.patience,
+        seed=config.seed, workdir=workdir, meta=meta,
+        checkpoint_every=config.search.checkpoint_every,
+        log_every=config.search.log_every,
+        stop_after_steps=config.search.stop_after_steps, batches=batches)
+  finally:
+    batches.close()
   if not np.all(result.done | result.failed):
     logging.info("%s: search stopped early with %d of %d concepts done; "
                  "rerun with the same --workdir to resume.", name,

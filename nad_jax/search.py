@@ -21,7 +21,11 @@ sums) stays on the device between steps: the host dispatches steps without
 waiting for them and looks at the state only every ``log_every`` steps (and
 when it records the trajectory, saves a checkpoint or ends the chunk), so
 the next batch is prepared while the device computes. A chunk whose
-concepts have all stopped (patience) is noticed at the next look.
+concepts have all stopped (patience) is noticed at the next look. Batches
+come from a batch source (``nad_jax/data/batch_source.py``): the host
+pipeline's ``concept_batch``, or the device pipeline, which crops each step's
+images inside the step from the chunk's decode-once cache (the next chunk's
+cache is built while this one runs).
 
 Path trajectory: every ``trajectory_every`` steps of a concept (and at its
 last step) the search records, per site and seed, how many units' binary
@@ -64,6 +68,7 @@ from nad_jax import errors
 from nad_jax import stop
 from nad_jax import workdir_lock
 from nad_jax.data import base as data_base
+from nad_jax.data import batch_source
 
 PyTree = Any
 
@@ -97,19 +102,26 @@ _FAILED_WORDS = {FAILED_ACTIVATION: "activation", FAILED_GRADIENT: "gradient",
 
 
 def make_search_step(model, objective: Callable[..., Any],
-                     optimizer: optax.GradientTransformation) -> Callable:
+                     optimizer: optax.GradientTransformation,
+                     make_batch: Callable | None = None) -> Callable:
   """The jitted, vmapped search step.
 
+  Args:
+    model, objective, optimizer: as :func:`disentangle`'s.
+    make_batch: turns the step's batch arguments into ``(images, labels)``
+      inside the jitted step (a batch source's ``make_batch``, e.g. the
+      device pipeline's crops; ``None``: the batch is ``images, labels``).
+
   Returns:
-    ``step(variables, chunk, images, labels, patience)`` ->
-    ``(chunk, metrics)``. ``chunk`` is the chunk's state (donated):
-    ``gate_logits {site: [K, S, C]}``, ``opt_state`` (leading ``[K, S]``),
-    ``stable [K, S] int32`` (steps since the binary path last changed),
-    ``step [K] int32`` (steps each concept has done), ``failed_step``,
-    ``failed_site``, ``failed_what`` (each ``[K] int32``, -1 while the
-    concept is healthy; see below) and ``sums`` (``loss``, ``changed``,
-    ``valid``, ``active``, each ``[K, S]``, summed over the steps since the
-    host last reset them).
+    ``step(variables, chunk, *batch, patience)`` -> ``(chunk, metrics)``,
+    with ``batch = (images, labels)`` unless ``make_batch`` is given.
+    ``chunk`` is the chunk's state (donated): ``gate_logits {site: [K, S,
+    C]}``, ``opt_state`` (leading ``[K, S]``), ``stable [K, S] int32``
+    (steps since the binary path last changed), ``step [K] int32`` (steps
+    each concept has done), ``failed_step``, ``failed_site``,
+    ``failed_what`` (each ``[K] int32``, -1 while the concept is healthy;
+    see below) and ``sums`` (``loss``, ``changed``, ``valid``, ``active``,
+    each ``[K, S]``, summed over the steps since the host last reset them).
     ``images [K, B, H, W, 3]``, ``labels [K, B]``; ``patience`` an int32
     scalar (0: never stop). A (concept, seed) is active while
     ``stable < patience`` (always when patience is 0) and its concept has
@@ -165,7 +177,9 @@ def make_search_step(model, objective: Callable[..., Any],
 
   batched = jax.vmap(concept_step, in_axes=(None, 0, 0, 0, 0))
 
-  def step(variables, chunk, images, labels, patience):
+  def step(variables, chunk, *batch_and_patience):
+    *batch, patience = batch_and_patience
+    images, labels = make_batch(*batch) if make_batch else batch
     stable = chunk["stable"]
     healthy = chunk["failed_step"] < 0  # [K]
     active = jnp.logical_and(
@@ -395,6 +409,7 @@ def disentangle(
     trajectory_every: int = 0,
     stop_after_steps: int = 0,
     step_fn: Callable | None = None,
+    batches=None,
 ) -> SearchResult:
   """Finds the concept feature paths of ``concept_ids``.
 
@@ -427,7 +442,11 @@ def disentangle(
       stored run's interval.
     stop_after_steps: if > 0, return after this many steps of this call (a
       checkpoint is written; a rerun resumes). For time-boxed jobs and tests.
-    step_fn: a prebuilt :func:`make_search_step` (to share its compilation).
+    step_fn: a prebuilt :func:`make_search_step` (to share its
+      compilation), built with ``batches.make_batch``.
+    batches: where the images come from
+      (:mod:`nad_jax.data.batch_source`; default: the host pipeline,
+      ``dataset.concept_batch``). The caller closes it.
 
   Returns:
     A :class:`SearchResult` for all ``concept_ids``; concepts stopped on
@@ -464,7 +483,8 @@ def disentangle(
                      num_steps=num_steps, batch_size=batch_size,
                      concepts_per_step=concepts_per_step, patience=patience,
                      checkpoint_every=checkpoint_every, log_every=log_every,
-                     stop_after_steps=stop_after_steps, step_fn=step_fn)
+                     stop_after_steps=stop_after_steps, step_fn=step_fn,
+                     batches=batches)
     except BaseException:
       if checkpointer is not None:
         checkpointer.close_quietly()
@@ -474,7 +494,7 @@ def disentangle(
 def _search(model, variables, dataset, concept_ids, *, checkpointer, meta,
             objective, optimizer, num_steps, batch_size, concepts_per_step,
             patience, checkpoint_every, log_every, stop_after_steps,
-            step_fn) -> SearchResult:
+            step_fn, batches) -> SearchResult:
   """:func:`disentangle` once the workdir is locked."""
   state, total_step, meta = checkpoint_lib.restore_or_init(
       checkpointer, meta,
@@ -482,9 +502,12 @@ def _search(model, variables, dataset, concept_ids, *, checkpointer, meta,
   # The step budget may have changed since the checkpoint was written.
   state["done"] = _is_done(state, num_steps, patience)
 
+  if batches is None:
+    batches = batch_source.HostBatches(dataset, batch_size)
   run = _Run(
-      model=model, dataset=dataset, step_fn=step_fn or make_search_step(
-          model, objective, optimizer),
+      model=model, dataset=dataset, batches=batches,
+      step_fn=step_fn or make_search_step(model, objective, optimizer,
+                                          batches.make_batch),
       mesh=_concept_mesh(), concepts_per_step=concepts_per_step,
       num_steps=int(num_steps), batch_size=int(batch_size),
       patience=int(patience), log_every=int(log_every),
@@ -493,12 +516,14 @@ def _search(model, variables, dataset, concept_ids, *, checkpointer, meta,
       stop_after_steps=int(stop_after_steps), checkpointer=checkpointer,
       meta=meta, total_step=total_step, last_saved=total_step)
   variables = jax.device_put(variables, run.replicated)
+  batches.start(concept_ids, run.sharded)
   run.num_chunks = -(-int(np.sum(~state["done"])) // run.k)
   while not np.all(state["done"]) and not run.out_of_budget():
     _run_chunk(run, variables, state, _next_chunk(state, run.k))
   if checkpointer is not None:
     if run.total_step != run.last_saved:
       checkpointer.save(run.total_step, state, meta)
+      run.last_saved = run.total_step
     checkpointer.close()
   signum = stop.requested()
   if signum is not None:
@@ -561,6 +586,7 @@ class _Run:
   """What one call of :func:`disentangle` carries from chunk to chunk."""
   model: Any
   dataset: Any
+  batches: Any
   step_fn: Callable
   mesh: Mesh
   concepts_per_step: int
@@ -632,15 +658,13 @@ def _run_chunk(run: _Run, variables, state, rows: np.ndarray) -> None:
       "sums": _zero_sums(k, num_seeds),
   }, run.sharded)
   patience = jnp.asarray(run.patience, jnp.int32)
+  run.batches.start_chunk(chunk_ids, step, run.num_steps,
+                          _upcoming_chunk(state, rows, k))
   progress = _Progress(run, state, rows, step)
   in_flight = collections.deque()
   while step < run.num_steps and not run.out_of_budget():
-    images, labels = run.dataset.concept_batch(chunk_ids, step,
-                                               run.batch_size)
-    chunk, metrics = run.step_fn(
-        variables, chunk,
-        jax.device_put(np.asarray(images, np.float32), run.sharded),
-        jax.device_put(np.asarray(labels, np.int32), run.sharded), patience)
+    chunk, metrics = run.step_fn(variables, chunk, *run.batches.batch(step),
+                                 patience)
     step += 1
     run.total_step += 1
     run.steps_this_call += 1
@@ -733,6 +757,18 @@ def _next_chunk(state, k):
   first_step = state["steps_done"][pending[0]]
   same = pending[state["steps_done"][pending] == first_step]
   return same[:k]
+
+
+def _upcoming_chunk(state, rows, k):
+  """The next chunk's class ids (padded) if this one runs to its end."""
+  rest = {"done": state["done"].copy(), "steps_done": state["steps_done"]}
+  rest["done"][rows] = True
+  if np.all(rest["done"]):
+    return None
+  upcoming = _next_chunk(rest, k)
+  padded = np.concatenate([upcoming,
+                           np.repeat(upcoming[-1:], k - len(upcoming))])
+  return state["concept_ids"][padded]
 
 
 def _write_back(state, rows, chunk, step, run: _Run):

@@ -1,8 +1,11 @@
 """The torchvision converter: round trips from .pth files and clear errors.
 
 Golden values come from the torch tensors themselves (transposed by hand
-here) and from hashlib; every failing conversion must leave no output
-directory behind.
+here), from torchvision (``--verify``) and from hashlib; every failing
+conversion must leave no output directory behind. One variant per family
+(vgg11_bn, resnet18, densenet121 with old key names and ``module.``
+prefixes) goes through the command line with ``--verify`` and then meets a
+checkpoint of another variant, a wrong class count and a truncated file.
 """
 
 from __future__ import annotations
@@ -211,3 +214,159 @@ def test_load_state_dict_accepts_model_key_and_strips_module(tmp_path):
   np.testing.assert_array_equal(loaded["weight"], layer.weight.detach().numpy())
   with pytest.raises(FileNotFoundError, match="nope.pth"):
     torch_utils.load_state_dict(os.path.join(tmp_path, "nope.pth"))
+
+
+# One variant per family: (arch, another variant of the family whose
+# state_dict it must refuse). vgg11_bn's BatchNorm shifts every feature
+# index; resnet18's keys are a subset of resnet34's; densenet121 and 169
+# differ in block 3 and 4 depth and in shapes.
+FAMILY_CASES = {"vgg11_bn": "vgg11", "resnet18": "resnet34",
+                "densenet121": "densenet169"}
+
+
+def _random_state_dict(arch, num_classes, seed):
+  torch.manual_seed(seed)
+  model = getattr(torchvision.models, arch)(weights=None,
+                                            num_classes=num_classes)
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.normal_(0.0, 0.3)
+        module.running_mean.normal_(0.0, 0.5)
+        module.running_var.uniform_(0.3, 2.3)
+  return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILY_CASES))
+def family_pth(request, tmp_path_factory):
+  """``(arch, state_dict, .pth path)``; DenseNet's file has old names."""
+  arch = request.param
+  state_dict = _random_state_dict(arch, NUM_CLASSES, seed=5)
+  pth = tmp_path_factory.mktemp(arch) / f"{arch}.pth"
+  if arch.startswith("densenet"):
+    torch.save({"state_dict": {f"module.{k}": v for k, v in
+                               _old_densenet_names(state_dict).items()}}, pth)
+  else:
+    torch.save(state_dict, pth)
+  return arch, state_dict, pth
+
+
+def _verify_rows(printed):
+  return {line.split()[0]: line.split()[1:] for line in printed.splitlines()
+          if re.match(r"\s*(site\d\d|logits)\s", line)}
+
+
+def test_cli_verify_every_family(tmp_path, capsys, family_pth):
+  arch, state_dict, pth = family_pth
+  output = tmp_path / "ckpt"
+  assert convert_torchvision.main(["--arch", arch, "--input", str(pth),
+                                   "--output", str(output), "--verify"]) == 0
+  rows = _verify_rows(capsys.readouterr().out)
+  num_sites = len(models.get_model(arch).gate_sites())
+  assert list(rows) == [f"site{i:02d}" for i in range(num_sites)] + ["logits"]
+  assert all(float(rel) < 1e-4 for _, rel in rows.values())
+  variables, meta = params_io.load_variables(output, expect_arch=arch)
+  assert meta["num_classes"] == NUM_CLASSES
+  # Every tensor except num_batches_tracked lands somewhere, exactly once.
+  assert sum(np.size(v) for v in jax.tree.leaves(variables)) == sum(
+      v.numel() for k, v in state_dict.items()
+      if not k.endswith("num_batches_tracked"))
+
+
+def test_another_variant_is_refused_naming_every_key(tmp_path, capsys,
+                                                     family_pth):
+  given, state_dict, pth = family_pth
+  arch = FAMILY_CASES[given]
+  output = tmp_path / "out"
+  assert convert_torchvision.main(["--arch", arch, "--input", str(pth),
+                                   "--output", str(output)]) == 1
+  message = capsys.readouterr().err + "\n"
+  assert not output.exists()
+  assert f"looks like a {given} state_dict, not {arch}" in message
+  wanted = {r.torch_key for r in convert_torchvision.torchvision_rules(arch)}
+  have = {k for k in state_dict if not k.endswith("num_batches_tracked")}
+  assert wanted - have or have - wanted
+  sections = message.split("  unexpected keys")
+  for key in wanted - have:  # each missing key, in the missing section
+    assert f"    {key}\n" in sections[0], key
+  for key in have - wanted:
+    assert f"    {key}\n" in sections[1], key
+  # Keys both have but with other shapes are named as mis-shaped.
+  expected = convert_torchvision.expected_torch_shapes(arch, NUM_CLASSES)
+  for key in wanted & have:
+    if tuple(state_dict[key].shape) != expected[key]:
+      assert f"    {key}: " in message, key
+
+
+def test_wrong_class_count_is_refused(tmp_path, capsys, family_pth):
+  arch, _, pth = family_pth
+  output = tmp_path / "out"
+  assert convert_torchvision.main(
+      ["--arch", arch, "--input", str(pth), "--output", str(output),
+       "--num_classes", str(NUM_CLASSES + 3)]) == 1
+  message = capsys.readouterr().err
+  assert not output.exists()
+  assert f"cannot convert to {arch} ({NUM_CLASSES + 3} classes)" in message
+  classifier = convert_torchvision.CLASSIFIER_KEYS[arch]
+  assert "mis-shaped keys (2):" in message
+  assert f"    {classifier}: got ({NUM_CLASSES}, " in message
+  assert "looks like" not in message  # It is this arch, other classes.
+
+
+def test_truncated_file_is_refused(tmp_path, capsys, family_pth):
+  arch, _, pth = family_pth
+  truncated = tmp_path / f"{arch}_truncated.pth"
+  with open(pth, "rb") as source, open(truncated, "wb") as target:
+    target.write(source.read(pth.stat().st_size * 2 // 3))
+  output = tmp_path / "out"
+  assert convert_torchvision.main(["--arch", arch, "--input", str(truncated),
+                                   "--output", str(output)]) == 1
+  message = capsys.readouterr().err
+  assert not output.exists()
+  assert str(truncated) in message
+  assert "not a readable PyTorch checkpoint" in message
+
+
+@pytest.mark.parametrize("given,arch", [("resnext50_32x4d", "resnet50"),
+                                        ("resnet50", "wide_resnet50_2")])
+def test_same_keys_other_shapes_names_the_variant(given, arch):
+  """ResNet-50, ResNeXt-50 and Wide ResNet-50 share every key name."""
+  state_dict = _random_state_dict(given, NUM_CLASSES, seed=2)
+  assert set(state_dict) == {
+      r.torch_key for r in convert_torchvision.torchvision_rules(arch)} | {
+          k for k in state_dict if k.endswith("num_batches_tracked")}
+  with pytest.raises(torch_utils.ConversionError) as error:
+    convert_torchvision.convert_state_dict(arch, state_dict)
+  message = str(error.value)
+  assert f"looks like a {given} state_dict, not {arch}" in message
+  assert "missing keys" not in message and "unexpected keys" not in message
+  assert "layer1.0.conv2.weight: got" in message
+  assert convert_torchvision.identify_arch(state_dict) == [given]
+
+
+def test_damaged_state_dict_names_the_closest_variant():
+  """No variant fits a state_dict with a key lost; the closest is named."""
+  state_dict = _random_state_dict("resnet18", NUM_CLASSES, seed=3)
+  del state_dict["layer3.1.bn2.running_var"]
+  assert convert_torchvision.identify_arch(state_dict) == []
+  with pytest.raises(torch_utils.ConversionError) as error:
+    convert_torchvision.convert_state_dict("resnet34", state_dict)
+  message = str(error.value)
+  assert "its key names are closest to resnet18's" in message
+  assert "looks like" not in message
+  # Asked for resnet18 itself: the missing key, and no hint.
+  with pytest.raises(torch_utils.ConversionError) as error:
+    convert_torchvision.convert_state_dict("resnet18", state_dict)
+  assert "missing keys (1):\n    layer3.1.bn2.running_var" in str(error.value)
+  assert "closest" not in str(error.value)
+
+
+def test_unknown_arch_lists_the_known_ones(tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    convert_torchvision.main(["--arch", "resnet99", "--input", "x.pth",
+                              "--output", str(tmp_path / "out")])
+  err = capsys.readouterr().err
+  assert "resnet99" in err and "wide_resnet101_2" in err and "vgg19_bn" in err
+  with pytest.raises(ValueError, match="unknown arch 'resnet99'"):
+    convert_torchvision.convert_state_dict("resnet99", {})

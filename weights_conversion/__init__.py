@@ -2,6 +2,7 @@
 
 ``torch_utils`` holds the shared pieces (loading a ``.pth``, layout
 transforms, a strict key/shape checker); ``convert_torchvision`` converts
-torchvision VGG16 / ResNet50 / DenseNet121. torch is imported only in this
-package (and in tests); nothing here downloads anything.
+every torchvision VGG, ResNet (ResNeXt, Wide ResNet) and DenseNet. torch is
+imported only in this package (and in tests); nothing here downloads
+anything.
 """

@@ -1,4 +1,4 @@
-"""Converts torchvision VGG16 / ResNet50 / DenseNet121 weights to nad-jax.
+"""Converts torchvision VGG, ResNet and DenseNet weights to nad-jax.
 
 Usage::
 
@@ -7,13 +7,20 @@ Usage::
   python weights_conversion/convert_torchvision.py --arch resnet50 \\
       --input resnet50_places365.pth.tar --output ckpt/resnet50_places365
 
+``--arch`` is torchvision's function name: ``vgg11``, ``vgg11_bn``, ...,
+``vgg19_bn``; ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``,
+``resnet152``, ``resnext50_32x4d``, ``resnext101_32x8d``,
+``resnext101_64x4d``, ``wide_resnet50_2``, ``wide_resnet101_2``;
+``densenet121``, ``densenet161``, ``densenet169``, ``densenet201``.
+
 The input is a torchvision state_dict (``.pth``) or a checkpoint dict that
 holds one under ``state_dict`` / ``model`` (``module.`` prefixes are
 stripped; old DenseNet names ``norm.1`` / ``conv.2`` are renamed). The
 number of classes is read from the classifier weight unless
 ``--num_classes`` is given. Every key must map to exactly one Flax variable
 with the right shape; otherwise one error lists every missing, unexpected
-and mis-shaped key and nothing is written. The output is an Orbax params
+and mis-shaped key (and names the architecture the file looks like, when
+it is another one) and nothing is written. The output is an Orbax params
 checkpoint (``nad_jax.params_io``) with meta ``arch``, ``num_classes``,
 ``source_file`` and ``source_sha256``.
 
@@ -22,7 +29,7 @@ same random input and prints the largest absolute and relative differences
 at the logits and at every gate site.
 
 Memory: the state_dict and its converted copy, about twice the checkpoint
-(1.1 GB for VGG16); ``--verify`` adds both models' forward passes.
+(1.1 GB for a VGG); ``--verify`` adds both models' forward passes.
 """
 
 from __future__ import annotations
@@ -51,11 +58,21 @@ from nad_jax.models import densenet, resnet, vgg
 from weights_conversion import torch_utils as tu
 # pylint: enable=wrong-import-position
 
-ARCHS = {"vgg16": vgg.VGG16, "resnet50": resnet.ResNet50,
-         "densenet121": densenet.DenseNet121}
-# The classifier weight of each architecture: gives num_classes.
-CLASSIFIER_KEYS = {"vgg16": "classifier.6.weight", "resnet50": "fc.weight",
-                   "densenet121": "classifier.weight"}
+# The model module of each family; every torchvision function name of the
+# family is a key of its ``MODELS``.
+FAMILIES = {"vgg": vgg, "resnet": resnet, "densenet": densenet}
+# torchvision function name -> family, and -> the Flax module class.
+FAMILY = {arch: family for family, module in FAMILIES.items()
+          for arch in module.MODELS}
+ARCHS = {arch: FAMILIES[family].MODELS[arch]
+         for arch, family in FAMILY.items()}
+# The classifier of each family: torch key prefix and Flax scope. Its weight
+# gives num_classes.
+_CLASSIFIERS = {"vgg": ("classifier.6", "classifier_6"),
+                "resnet": ("fc", "fc"),
+                "densenet": ("classifier", "classifier")}
+CLASSIFIER_KEYS = {arch: f"{_CLASSIFIERS[family][0]}.weight"
+                   for arch, family in FAMILY.items()}
 
 # Old torchvision DenseNet checkpoints name ``denselayer1.norm.1.weight``
 # what is now ``denselayer1.norm1.weight`` (same for relu / conv, 1 / 2).
@@ -75,37 +92,43 @@ def rename_old_densenet_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
   return renamed
 
 
-def _vgg16_rules() -> list[tu.Rule]:
+def _vgg_rules(arch: str) -> list[tu.Rule]:
   rules = []
-  for index, _, _ in vgg._CONVS:  # pylint: disable=protected-access
-    rules += tu.conv_rules(f"features.{index}", (f"features_{index}",),
-                           bias=True)
-  for index in (0, 3, 6):
+  for conv in vgg.conv_layout(arch):
+    rules += tu.conv_rules(f"features.{conv.index}",
+                           (f"features_{conv.index}",), bias=True)
+    if conv.batch_norm is not None:
+      rules += tu.batch_norm_rules(f"features.{conv.batch_norm}",
+                                   (f"features_{conv.batch_norm}",))
+  for index in vgg.CLASSIFIER:
     # The Flax model flattens channel-major like PyTorch: a plain transpose.
     rules += tu.linear_rules(f"classifier.{index}", (f"classifier_{index}",))
   return rules
 
 
-def _resnet50_rules() -> list[tu.Rule]:
+def _resnet_rules(arch: str) -> list[tu.Rule]:
   rules = tu.conv_rules("conv1", ("conv1",)) + tu.batch_norm_rules(
       "bn1", ("bn1",))
-  for name, _, _, downsample in resnet.block_layout():
-    torch_name = name.replace("_", ".")  # layer2_0 -> layer2.0
-    for i in (1, 2, 3):
-      rules += tu.conv_rules(f"{torch_name}.conv{i}", (name, f"conv{i}"))
-      rules += tu.batch_norm_rules(f"{torch_name}.bn{i}", (name, f"bn{i}"))
-    if downsample:
-      rules += tu.conv_rules(f"{torch_name}.downsample.0",
-                             (name, "downsample_0"))
-      rules += tu.batch_norm_rules(f"{torch_name}.downsample.1",
-                                   (name, "downsample_1"))
+  num_convs = 2 if resnet.VARIANTS[arch].block == "basic" else 3
+  for block in resnet.block_layout(arch):
+    for i in range(1, num_convs + 1):
+      rules += tu.conv_rules(f"{block.torch_name}.conv{i}",
+                             (block.name, f"conv{i}"))
+      rules += tu.batch_norm_rules(f"{block.torch_name}.bn{i}",
+                                   (block.name, f"bn{i}"))
+    if block.downsample:
+      rules += tu.conv_rules(f"{block.torch_name}.downsample.0",
+                             (block.name, "downsample_0"))
+      rules += tu.batch_norm_rules(f"{block.torch_name}.downsample.1",
+                                   (block.name, "downsample_1"))
   return rules + tu.linear_rules("fc", ("fc",))
 
 
-def _densenet121_rules() -> list[tu.Rule]:
+def _densenet_rules(arch: str) -> list[tu.Rule]:
+  block_config = densenet.VARIANTS[arch].block_config
   rules = tu.conv_rules("features.conv0", ("conv0",))
   rules += tu.batch_norm_rules("features.norm0", ("norm0",))
-  for b, num_layers in enumerate(densenet.BLOCK_CONFIG, start=1):
+  for b, num_layers in enumerate(block_config, start=1):
     for l in range(1, num_layers + 1):
       torch_prefix = f"features.denseblock{b}.denselayer{l}"
       scope = (f"denseblock{b}", f"denselayer{l}")
@@ -113,7 +136,7 @@ def _densenet121_rules() -> list[tu.Rule]:
         rules += tu.batch_norm_rules(f"{torch_prefix}.norm{i}",
                                      (*scope, f"norm{i}"))
         rules += tu.conv_rules(f"{torch_prefix}.conv{i}", (*scope, f"conv{i}"))
-    if b != len(densenet.BLOCK_CONFIG):
+    if b != len(block_config):
       rules += tu.batch_norm_rules(f"features.transition{b}.norm",
                                    (f"transition{b}", "norm"))
       rules += tu.conv_rules(f"features.transition{b}.conv",
@@ -122,11 +145,14 @@ def _densenet121_rules() -> list[tu.Rule]:
   return rules + tu.linear_rules("classifier", ("classifier",))
 
 
+_RULES = {"vgg": _vgg_rules, "resnet": _resnet_rules,
+          "densenet": _densenet_rules}
+
+
 def torchvision_rules(arch: str) -> list[tu.Rule]:
   """The conversion rules (torch key -> Flax path) of ``arch``."""
   _check_arch(arch)
-  return {"vgg16": _vgg16_rules, "resnet50": _resnet50_rules,
-          "densenet121": _densenet121_rules}[arch]()
+  return _RULES[FAMILY[arch]](arch)
 
 
 def _check_arch(arch: str) -> None:
@@ -143,23 +169,78 @@ def infer_num_classes(arch: str, state_dict: Mapping[str, Any]) -> int | None:
   return int(np.shape(weight)[0])
 
 
-def _arch_hint(arch: str, state_dict: Mapping[str, Any]) -> str:
-  """Names the architecture whose classifier key the state_dict holds."""
-  others = [a for a, k in CLASSIFIER_KEYS.items()
-            if a != arch and k in state_dict and
-            CLASSIFIER_KEYS[arch] not in state_dict]
-  if others:
-    return (f"\n  (this looks like a {' or '.join(others)} state_dict, "
-            f"not {arch})")
-  return ""
-
-
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=32)
 def _target_shapes(arch: str, num_classes: int) -> dict[str, Any]:
-  """The Flax variables' shapes (tracing DenseNet121's init takes seconds)."""
+  """The Flax variables' shapes (tracing a DenseNet's init takes seconds)."""
   model = ARCHS[arch](num_classes=num_classes)
   return jax.eval_shape(model.init, jax.random.key(0),
                         jnp.zeros((1, 224, 224, 3), jnp.float32))
+
+
+@functools.lru_cache(maxsize=None)
+def _rule_keys(arch: str) -> frozenset[str]:
+  return frozenset(rule.torch_key for rule in torchvision_rules(arch))
+
+
+def expected_torch_shapes(arch: str, num_classes: int
+                          ) -> dict[str, tuple[int, ...]]:
+  """torch key -> torch-layout shape of every tensor ``arch`` needs."""
+  shapes = {}
+  target = _target_shapes(arch, num_classes)
+  for rule in torchvision_rules(arch):
+    node = target
+    for key in rule.flax_path:
+      node = node[key]
+    shape = tuple(node.shape)
+    if rule.transform in (tu.conv_kernel, tu.depthwise_kernel):
+      shape = (shape[3], shape[2], shape[0], shape[1])  # HWIO -> OIHW
+    elif rule.transform is tu.linear_kernel:
+      shape = (shape[1], shape[0])
+    shapes[rule.torch_key] = shape
+  return shapes
+
+
+def identify_arch(state_dict: Mapping[str, Any]) -> list[str]:
+  """The architectures whose every key and shape ``state_dict`` has.
+
+  The class count is read from the classifier weight. Usually one name;
+  none for a damaged or foreign state_dict.
+  """
+  state_dict = rename_old_densenet_keys(tu.strip_prefix(state_dict))
+  keys = frozenset(k for k in state_dict
+                   if not k.endswith("num_batches_tracked"))
+  matches = []
+  for arch in ARCHS:
+    num_classes = infer_num_classes(arch, state_dict)
+    if _rule_keys(arch) != keys or not num_classes:
+      continue
+    try:
+      tu.check_state_dict(state_dict, expected_torch_shapes(arch, num_classes))
+    except tu.ConversionError:
+      continue
+    matches.append(arch)
+  return matches
+
+
+def _arch_hint(arch: str, state_dict: Mapping[str, Any]) -> str:
+  """Names the architecture the state_dict looks like, if not ``arch``."""
+  others = [a for a in identify_arch(state_dict) if a != arch]
+  if others:
+    return (f"\n  (this looks like a {' or '.join(others)} state_dict, "
+            f"not {arch})")
+  keys = {k for k in state_dict if not k.endswith("num_batches_tracked")}
+  if not keys:
+    return ""
+
+  def overlap(a: str) -> float:
+    return len(keys & _rule_keys(a)) / len(keys | _rule_keys(a))
+
+  closest = max(ARCHS, key=overlap)
+  if closest != arch and overlap(closest) > max(overlap(arch), 0.5):
+    return (f"\n  (its key names are closest to {closest}'s: "
+            f"{len(keys & _rule_keys(closest))} of {len(keys)} keys are "
+            f"{closest} keys)")
+  return ""
 
 
 def convert_state_dict(arch: str, state_dict: Mapping[str, Any],
@@ -168,7 +249,9 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any],
   """Converts a torchvision ``state_dict`` (numpy or torch values).
 
   Args:
-    arch: ``vgg16``, ``resnet50`` or ``densenet121``.
+    arch: a torchvision function name, a key of ``ARCHS`` (``vgg11`` ..
+      ``vgg19_bn``, ``resnet18`` .. ``wide_resnet101_2``, ``densenet121`` ..
+      ``densenet201``).
     state_dict: torch key -> array; ``module.`` prefixes and old DenseNet
       names are handled here too.
     num_classes: classifier size; default: from the classifier weight.
@@ -176,17 +259,18 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any],
 
   Returns:
     Flax variables ``{'params': ..., 'batch_stats': ...}`` (no
-    ``batch_stats`` for VGG16), float32 numpy arrays.
+    ``batch_stats`` for VGG without BatchNorm), float32 numpy arrays.
 
   Raises:
-    ConversionError: lists every missing, unexpected and mis-shaped key.
+    ConversionError: lists every missing, unexpected and mis-shaped key, and
+      names the architecture the state_dict looks like when it is another.
   """
   _check_arch(arch)
   state_dict = {k: (v.detach().cpu().float().numpy()
                     if hasattr(v, "detach") and v.is_floating_point()
                     else np.asarray(v))
                 for k, v in tu.strip_prefix(state_dict, "module.").items()}
-  if arch == "densenet121":
+  if FAMILY[arch] == "densenet":
     state_dict = rename_old_densenet_keys(state_dict)
   if num_classes is None:
     num_classes = infer_num_classes(arch, state_dict) or 1000
@@ -253,32 +337,30 @@ def convert_file(arch: str, input_path: str | os.PathLike,
 
 
 def _classifier_scope(arch: str) -> str:
-  return {"vgg16": "classifier_6", "resnet50": "fc",
-          "densenet121": "classifier"}[arch]
+  return _CLASSIFIERS[FAMILY[arch]][1]
 
 
 # ----------------------------------------------------------------------------
 # Verification against torchvision.
 
-# torchvision module whose forward output is each gate site, in site order.
-# DenseNet's last site is ReLU(norm5) (torchvision applies F.relu after the
-# features), so its hook output gets a ReLU before the comparison.
-_VGG16_SITE_MODULES = ("features.1", "features.4", "features.6", "features.9",
-                       "features.11", "features.13", "features.16",
-                       "features.18", "features.20", "features.23",
-                       "features.25", "features.27", "avgpool")
-
 
 def torch_site_modules(arch: str) -> list[str]:
-  """Names (``model.named_modules()``) of the torchvision site modules."""
+  """Names (``model.named_modules()``) of the torchvision site modules.
+
+  The module whose forward output is each gate site, in site order. A
+  DenseNet's last site is ReLU(norm5) (torchvision applies ``F.relu`` after
+  ``features``): compare ReLU of ``features.norm5``'s output with it.
+  """
   _check_arch(arch)
-  if arch == "vgg16":
-    return list(_VGG16_SITE_MODULES)
-  if arch == "resnet50":
-    return ["maxpool"] + [name.replace("_", ".")
-                          for name, _, _, _ in resnet.block_layout()]
+  family = FAMILY[arch]
+  if family == "vgg":
+    convs = vgg.conv_layout(arch)
+    return [f"features.{c.pool if c.pool is not None else c.relu}"
+            for c in convs[:-1]] + ["avgpool"]
+  if family == "resnet":
+    return ["maxpool"] + [b.torch_name for b in resnet.block_layout(arch)]
   names = ["features.pool0"]
-  for b in range(1, len(densenet.BLOCK_CONFIG)):
+  for b in range(1, len(densenet.VARIANTS[arch].block_config)):
     names += [f"features.denseblock{b}", f"features.transition{b}"]
   return names + ["features.norm5"]
 
@@ -292,7 +374,7 @@ def build_torchvision(arch: str, state_dict: Mapping[str, Any],
   model = getattr(torchvision.models, arch)(weights=None,
                                             num_classes=num_classes)
   tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()}
-  if arch == "densenet121":
+  if FAMILY[arch] == "densenet":
     tensors = rename_old_densenet_keys(tensors)
   result = model.load_state_dict(tu.strip_prefix(tensors, "module."),
                                  strict=False)
@@ -329,7 +411,7 @@ def compare_with_torchvision(arch: str, variables: Mapping[str, Any],
     def hook(module, inputs, output, site=f"site{i:02d}", name=name):
       del module, inputs
       out = output.detach().clone()
-      if arch == "densenet121" and name == "features.norm5":
+      if FAMILY[arch] == "densenet" and name == "features.norm5":
         out = torch.relu(out)
       torch_sites[site] = out.permute(0, 2, 3, 1).numpy()
     handles.append(modules[name].register_forward_hook(hook))

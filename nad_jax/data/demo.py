@@ -309,6 +309,12 @@ class DemoDataset:
     labels = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
     return images.reshape((-1,) + images.shape[2:]), labels
 
+  def train_images(self, class_id: int) -> np.ndarray:
+    """All train images of a class, ``[N, H, W, 3] float32`` normalised (a
+    view; the decode-once cache of the device pipeline reads it)."""
+    base.check_class_ids([class_id], self.num_classes)
+    return self._images["train"][int(class_id)]
+
   def concept_batch(self, class_ids: Sequence[int], step: int,
                     batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The search's train batch for one step: ``[K, B, H, W, 3]``, ``[K, B]``.
@@ -334,7 +340,7 @@ class DemoDataset:
         if base.is_finite_image(train[class_id, index]):
           images[k, b] = train[class_id, index]
           break
-        self._skip("train", class_id, index)
+        self.skip("train", class_id, index)
       else:
         raise errors.DataError(
             f"demo class {class_id} {self.class_names[class_id]!r} has no "
@@ -343,14 +349,17 @@ class DemoDataset:
                        axis=1)
     return images, labels
 
-  def _skip(self, split: str, class_id: int, index: int) -> None:
+  def skip(self, split: str, class_id: int, index: int,
+           reason: str = "non-finite pixel values") -> None:
+    """Records an image as skipped (once) and logs it (the decode-once
+    cache of the device pipeline calls it too)."""
     if (split, class_id, index) in self._skipped:
       return
     self._skipped.add((split, class_id, index))
     name = f"demo/{split}/{class_id}/{index}"
     self.skipped_files.append(name)
-    logging.warning("skipping image %s (class %d %r): non-finite pixel "
-                    "values", name, class_id, self.class_names[class_id])
+    logging.warning("skipping image %s (class %d %r): %s", name, class_id,
+                    self.class_names[class_id], reason)
 
   def eval_batches(self, class_id: int, batch_size: int,
                    max_images: int | None = None
@@ -367,7 +376,7 @@ class DemoDataset:
       batch = images[start:start + batch_size]
       finite = np.isfinite(batch).all(axis=(1, 2, 3))
       for b in np.flatnonzero(~finite):
-        self._skip("val", int(class_id), start + int(b))
+        self.skip("val", int(class_id), start + int(b))
       batch = batch[finite]
       if len(batch):
         yield batch, np.full(len(batch), class_id, np.int32)

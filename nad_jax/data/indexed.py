@@ -21,6 +21,7 @@ Memory: one batch of K * B float32 images (0.6 MB each at 224x224) plus
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import threading
 from collections.abc import Iterator, Sequence
 
@@ -70,6 +71,10 @@ class IndexedConceptDataset:
     self.label_of: np.ndarray | None = None
     self._lock = threading.Lock()
     self._pool = None
+    # Optional fixed crops: (class id, step, b, height, width) -> (top,
+    # left, h, w, flip) replaces the random box and flip of search batches
+    # (to compare with the device pipeline given the same boxes).
+    self.box_source = None
 
   # Subclasses provide these three.
   def _count(self, split: str, class_id: int) -> int:
@@ -93,28 +98,23 @@ class IndexedConceptDataset:
     base.check_class_ids([class_id], len(self.class_names))
     return self._count(split, class_id)
 
-  def _load(self, split: str, class_id: int, index: int, augment: str,
-            rng: np.random.Generator | None) -> np.ndarray | None:
-    """One image read and transformed; None (logged, counted) if unreadable
-    or not finite."""
+  def decode(self, split: str, class_id: int,
+             index: int) -> Image.Image | None:
+    """One image as PIL RGB; None (logged once, listed in ``skipped_files``)
+    if it cannot be read. Thread-safe; the decode-once cache uses it too."""
     key = (split, class_id, index)
     if key in self._bad:
       return None
     try:
-      image = preprocess.to_pil_rgb(self._read(split, class_id, index))
+      return preprocess.to_pil_rgb(self._read(split, class_id, index))
     except DECODE_ERRORS as e:
-      return self._skip(key, f"unreadable: {e}")
-    if augment == "none":
-      out = preprocess.eval_transform(image, self.image_size)
-    else:
-      out = preprocess.augment_transform(image, rng, self.image_size)
-    if not base.is_finite_image(out):
-      return self._skip(key, "non-finite pixel values")
-    return out
+      return self.skip(split, class_id, index, f"unreadable: {e}")
 
-  def _skip(self, key: tuple[str, int, int], reason: str) -> None:
-    """Records an image as skipped (once) and logs it."""
-    split, class_id, index = key
+  def skip(self, split: str, class_id: int, index: int,
+           reason: str) -> None:
+    """Records an image as skipped (once, thread-safe), logs it with
+    ``reason`` and returns None. The decode-once cache calls it too."""
+    key = (split, class_id, index)
     name = self._describe(split, class_id, index)
     with self._lock:
       if key in self._bad:
@@ -124,6 +124,24 @@ class IndexedConceptDataset:
     logging.warning("skipping image %s (class %d %r): %s", name, class_id,
                     self.class_names[class_id], reason)
     return None
+
+  def _load(self, split: str, class_id: int, index: int, augment: str,
+            rng: np.random.Generator | None) -> np.ndarray | None:
+    """One image read and transformed; None (logged, counted) if unreadable
+    or if a value of the transformed image is not finite."""
+    image = self.decode(split, class_id, index)
+    if image is None:
+      return None
+    if augment == "none":
+      out = preprocess.eval_transform(image, self.image_size)
+    elif callable(rng):  # a fixed box and flip (box_source)
+      *box, flip = rng(image.height, image.width)
+      out = preprocess.crop_flip_normalize(image, box, flip, self.image_size)
+    else:
+      out = preprocess.augment_transform(image, rng, self.image_size)
+    if not base.is_finite_image(out):
+      return self.skip(split, class_id, index, "non-finite pixel values")
+    return out
 
   def _map(self, tasks: list[tuple]) -> list[np.ndarray | None]:
     if self.num_workers <= 0 or len(tasks) <= 1:
@@ -151,7 +169,11 @@ class IndexedConceptDataset:
       indices = base.sample_indices(count, self.seed, class_id, step,
                                     batch_size)
       for b, index in enumerate(indices):
-        rng = preprocess.image_rng(self.seed, class_id, step * batch_size + b)
+        if self.box_source is not None:
+          rng = functools.partial(self.box_source, class_id, step, b)
+        else:
+          rng = preprocess.image_rng(self.seed, class_id,
+                                     step * batch_size + b)
         tasks.append(("train", class_id, int(index), self.augment, rng))
         counts.append(count)
     images = self._map(tasks)
@@ -175,6 +197,10 @@ class IndexedConceptDataset:
                                       3)
     labels = np.repeat(self._labels(class_ids)[:, None], batch_size, axis=1)
     return images, labels
+
+  def labels(self, class_ids) -> np.ndarray:
+    """The network's label of each class id (``[K] int32``)."""
+    return self._labels(class_ids)
 
   def _labels(self, class_ids) -> np.ndarray:
     class_ids = np.asarray(class_ids, np.int32)

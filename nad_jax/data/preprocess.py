@@ -177,6 +177,17 @@ def augment_transform(image: Image.Image | np.ndarray,
   return normalize(image)
 
 
+def crop_flip_normalize(image: Image.Image, box: tuple[int, int, int, int],
+                        flip: bool, image_size: int = 224) -> np.ndarray:
+  """:func:`augment_transform` with a given box ``(top, left, h, w)`` and
+  flip instead of random ones."""
+  top, left, h, w = (int(v) for v in box)
+  image = resized_crop(to_pil_rgb(image), top, left, h, w, image_size)
+  if flip:
+    image = image.transpose(Image.FLIP_LEFT_RIGHT)
+  return normalize(image)
+
+
 def check_augment(augment: str) -> None:
   """Raises a ValueError naming ``augment`` if it is not in ``AUGMENTS``."""
   if augment not in AUGMENTS:

@@ -90,12 +90,37 @@ def _register(module_models: dict[str, type], *,
       DEFAULT_CHECKPOINTS[key] = default_checkpoint(key)
 
 
-# The torchvision ImageNet weight files (from the torchvision model docs).
+# The torchvision ImageNet weight files (torchvision's ``*_Weights`` enums).
 _TORCHVISION_FILES = {
+    "vgg11": "vgg11-8a719046.pth",
+    "vgg11_bn": "vgg11_bn-6002323d.pth",
+    "vgg13": "vgg13-19584684.pth",
+    "vgg13_bn": "vgg13_bn-abd245e5.pth",
     "vgg16": "vgg16-397923af.pth",
+    "vgg16_bn": "vgg16_bn-6c64b313.pth",
+    "vgg19": "vgg19-dcbb9e9d.pth",
+    "vgg19_bn": "vgg19_bn-c79401a0.pth",
+    "resnet18": "resnet18-f37072fd.pth",
+    "resnet34": "resnet34-b627a593.pth",
     "resnet50": "resnet50-0676ba61.pth (IMAGENET1K_V1) or "
                 "resnet50-11ad3fa6.pth (IMAGENET1K_V2)",
+    "resnet101": "resnet101-63fe2227.pth (IMAGENET1K_V1) or "
+                 "resnet101-cd907fc2.pth (IMAGENET1K_V2)",
+    "resnet152": "resnet152-394f9c45.pth (IMAGENET1K_V1) or "
+                 "resnet152-f82ba261.pth (IMAGENET1K_V2)",
+    "resnext50_32x4d": "resnext50_32x4d-7cdf4587.pth (IMAGENET1K_V1) or "
+                       "resnext50_32x4d-1a0047aa.pth (IMAGENET1K_V2)",
+    "resnext101_32x8d": "resnext101_32x8d-8ba56ff5.pth (IMAGENET1K_V1) or "
+                        "resnext101_32x8d-110c445d.pth (IMAGENET1K_V2)",
+    "resnext101_64x4d": "resnext101_64x4d-173b62eb.pth",
+    "wide_resnet50_2": "wide_resnet50_2-95faca4d.pth (IMAGENET1K_V1) or "
+                       "wide_resnet50_2-9ba9bcbe.pth (IMAGENET1K_V2)",
+    "wide_resnet101_2": "wide_resnet101_2-32ee1156.pth (IMAGENET1K_V1) or "
+                        "wide_resnet101_2-d733dc28.pth (IMAGENET1K_V2)",
     "densenet121": "densenet121-a639ec97.pth",
+    "densenet161": "densenet161-8d451a50.pth",
+    "densenet169": "densenet169-b2777c0a.pth",
+    "densenet201": "densenet201-c1103571.pth",
 }
 
 
