@@ -673,3 +673,18 @@ def test_non_finite_image_from_a_file_source_is_skipped(tmp_path, caplog):
   assert bad in dataset.skipped_files
   assert f"skipping image {bad} (class 1 'b'): non-finite pixel values" in \
       caplog.text
+
+
+def test_device_cache_skips_non_finite_demo_images():
+  """The device pipeline's decode-once cache applies the same rule."""
+  from nad_jax.data import decode_cache  # pylint: disable=g-import-not-at-top
+  dataset = demo_data.DemoDataset(num_primaries=1, classes_per_primary=2,
+                                  train_per_class=6, val_per_class=2,
+                                  image_size=8)
+  dataset._images["train"][1, 2, 0, 0, 0] = np.nan  # pylint: disable=protected-access
+  with decode_cache.DecodeCache(dataset, image_size=8,
+                                augment="none") as cache:
+    chunk = cache.build([0, 1])
+  assert dataset.skipped_files == ["demo/train/1/2"]
+  np.testing.assert_array_equal(chunk.slot_of[1], [0, 1, 3, 3, 4, 5])
+  np.testing.assert_array_equal(chunk.slot_of[0], np.arange(6))

@@ -189,7 +189,7 @@ class IndexedConceptDataset:
         if image is None:
           raise errors.DataError(
               f"class {class_id} {self.class_names[class_id]!r} has no "
-              f"usable train image (all {count} skipped as unreadable or "
+              f"readable train image (all {count} skipped as unreadable or "
               f"non-finite)")
         images[n] = image
     size = self.image_size
