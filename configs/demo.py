@@ -38,6 +38,9 @@ def get_config(arg=None):
   config.search.checkpoint_every = 50
   config.search.log_every = 25
   config.eval.batch_size = 64
+  # The demo nets take any input size: also score the 2x2 mosaics at full
+  # size (64 px), where the 32 px objects keep their trained scale.
+  config.analysis.mosaic_full_size = True
 
   # Hyperparameters per network (the paper tunes alpha and lambda per
   # architecture). Chosen on the demo (docs/demo.md has the sweep): with

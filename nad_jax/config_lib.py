@@ -44,6 +44,21 @@ each config file gives its command line. Fields:
   many steps, checkpointed; a rerun resumes; for time-limited jobs).
 * ``eval``: ``batch_size``, ``max_images_per_class`` (``None`` = all val).
 * ``report``: ``figures`` (write PNGs).
+* ``mode``: ``'search'`` (default: search, then evaluate and analyse) or
+  ``'analyze'`` (read the finished search in ``--workdir`` and run the
+  evaluation, if ``metrics.json`` lacks it, and every analysis, without
+  searching again).
+* ``analysis``: the analyses after the evaluation (``nad_jax.analyze``):
+  ``enabled``, ``seed``, ``mask_rate`` (share of top activation pixels,
+  0.1 as the authors' hit rate), ``num_mosaics`` (100),
+  ``mosaic_images_per_class``, ``mosaic_full_size`` (also score 2x2
+  mosaics at twice the input size, for networks that take any size),
+  ``random_draws`` (random same-size paths per concept), ``permutations``
+  (per permutation test), ``top_k``, ``authors_top_k_classes``,
+  ``cross_max_classes``, ``cross_images_per_class``,
+  ``max_images_per_class`` (``None`` = ``eval.max_images_per_class``),
+  ``map_classes`` (up to four classes for the activation-map mosaic),
+  ``images`` (comma-separated image files for activation maps).
 * ``compare``: model names run one after another into ``workdir/<name>``
   with one combined report (the demo); empty = only ``model``.
   ``hparams_by_model`` then gives each its ``alpha``, ``lam``, ``beta``;
@@ -123,8 +138,32 @@ def base_config() -> ml_collections.ConfigDict:
   config.report = ml_collections.ConfigDict()
   config.report.figures = True
 
+  config.mode = "search"
+  config.analysis = analysis_config()
+
   config.compare = ()
   config.hparams_by_model = ml_collections.ConfigDict()
+  return config
+
+
+def analysis_config() -> ml_collections.ConfigDict:
+  """``config.analysis`` defaults (``nad_jax.analyze`` reads them)."""
+  config = ml_collections.ConfigDict()
+  config.enabled = True
+  config.seed = 0
+  config.mask_rate = 0.1
+  config.num_mosaics = 100
+  config.mosaic_images_per_class = 16
+  config.mosaic_full_size = False
+  config.random_draws = 3
+  config.permutations = 999
+  config.top_k = 3
+  config.authors_top_k_classes = 100
+  config.cross_max_classes = 32
+  config.cross_images_per_class = 16
+  config.max_images_per_class = ml_collections.config_dict.placeholder(int)
+  config.map_classes = ""
+  config.images = ""
   return config
 
 
@@ -283,6 +322,18 @@ CLASSES = Rule(
     "class ids or names")
 
 
+CLASSES_OR_EMPTY = Rule(
+    lambda v: isinstance(v, str) or (
+        isinstance(v, (list, tuple))
+        and all(isinstance(c, (int, str)) for c in v)),
+    "'' or a comma-separated string or list of class ids or names")
+
+
+def _modes():
+  from nad_jax import analyze  # pylint: disable=g-import-not-at-top
+  return analyze.MODES
+
+
 def _model_names():
   from nad_jax import models  # pylint: disable=g-import-not-at-top
   return models.MODELS
@@ -364,6 +415,24 @@ FIELD_RULES: dict[str, Rule] = {
     "eval.batch_size": integer(1),
     "eval.max_images_per_class": OPTIONAL_POSITIVE,
     "report.figures": FLAG,
+    "mode": one_of(_modes),
+    "analysis.enabled": FLAG,
+    "analysis.seed": integer(0, 2**31 - 1),
+    "analysis.mask_rate": Rule(
+        lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+        and 0 < v <= 1, "a number in (0, 1]"),
+    "analysis.num_mosaics": integer(1),
+    "analysis.mosaic_images_per_class": integer(1),
+    "analysis.mosaic_full_size": FLAG,
+    "analysis.random_draws": integer(1),
+    "analysis.permutations": integer(0),
+    "analysis.top_k": integer(1),
+    "analysis.authors_top_k_classes": integer(1),
+    "analysis.cross_max_classes": integer(1),
+    "analysis.cross_images_per_class": integer(1),
+    "analysis.max_images_per_class": OPTIONAL_POSITIVE,
+    "analysis.map_classes": CLASSES_OR_EMPTY,
+    "analysis.images": TEXT,
     "compare": Rule(_model_names_tuple,
                     "a tuple of distinct model names (empty: only "
                     "config.model.name)"),
@@ -480,6 +549,11 @@ def validate(config: ml_collections.ConfigDict,
           f"models: {', '.join(sorted(_model_names()))}")
   for name in config.compare:
     network_config(config, name, overrides)  # raises on conflicts
+  from nad_jax import analyze  # pylint: disable=g-import-not-at-top
+  try:
+    analyze.validate_config(config)  # files named by config.analysis.images
+  except ValueError as e:
+    raise errors.ConfigError(str(e)) from e
   ignored = sorted(f for f in overrides if f.startswith("hparams_by_model."))
   if ignored and not config.compare:
     raise errors.ConfigError(

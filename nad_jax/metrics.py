@@ -14,6 +14,9 @@ random initialisations carry a leading seed axis, ``[S, K, channels]``.
 * ``hierarchy_recovery``: how well average-linkage clustering of M recovers
   a planted two-level concept hierarchy (cophenetic correlation, adjusted
   Rand index).
+* ``summary_row``: one network's scores (I, accuracies, usage, hierarchy
+  scores; each per seed, then mean and standard deviation over seeds) from
+  the similarity, usage and accuracies a run already computed.
 
 Several seeds: ``jaccard_matrix``, ``path_similarity`` and
 ``interpretability`` accept any leading axes and return one value per
@@ -398,3 +401,90 @@ def hierarchy_recovery(similarity: np.ndarray,
       "across_primary_similarity":
           float(pair_similarity[~same].mean()) if (~same).any() else nan,
   }
+
+
+HIERARCHY_KEYS = ("cophenetic_correlation", "adjusted_rand_index",
+                  "within_primary_similarity", "across_primary_similarity")
+
+
+def summary_row(model: str,
+                similarity: np.ndarray,
+                usage: Mapping[str, float],
+                path_accuracy: np.ndarray,
+                original_accuracy: np.ndarray,
+                steps: int,
+                primary_of: np.ndarray | None = None) -> dict:
+  """One network's scores, from what a run already computed.
+
+  Every score is computed per seed; the row holds the mean over seeds, the
+  standard deviation of I (``interpretability_std``) and, in
+  ``per_seed``, every per-seed value (so the spread of any score can be
+  reported).
+
+  Args:
+    model: network name.
+    similarity: ``[K, K]`` or ``[S, K, K]`` path similarity M.
+    usage: site -> unit usage rate (``unit_usage``).
+    path_accuracy: ``[K]`` or ``[S, K]`` per-class accuracy with the path.
+    original_accuracy: ``[K]`` per-class accuracy of the original network.
+    steps: search steps per concept.
+    primary_of: ``[K]`` primary concept of each class, or None (then the
+      hierarchy scores are NaN).
+
+  Returns:
+    A dict of plain Python values: ``model``, ``num_concepts``,
+    ``num_seeds``, ``steps``, ``interpretability`` (+ ``_std``),
+    ``mean_path_accuracy``, ``original_accuracy``, ``mean_usage``,
+    ``usage_per_site``, the ``HIERARCHY_KEYS``, ``num_primaries`` and
+    ``per_seed`` (score -> list over seeds).
+  """
+  similarity = np.asarray(similarity, np.float64)
+  if similarity.ndim not in (2, 3):
+    raise ValueError(f"similarity of model {model!r} must be [K, K] or "
+                     f"[S, K, K]; got shape {similarity.shape}")
+  if similarity.ndim == 2:
+    similarity = similarity[None]
+  num_seeds, num_concepts = similarity.shape[0], similarity.shape[1]
+  path_accuracy = np.asarray(path_accuracy, np.float64)
+  if path_accuracy.ndim == 1:
+    path_accuracy = path_accuracy[None]
+  if path_accuracy.shape != (num_seeds, num_concepts):
+    raise ValueError(f"path_accuracy of model {model!r} has shape "
+                     f"{path_accuracy.shape}, expected ({num_concepts},) or "
+                     f"({num_seeds}, {num_concepts})")
+  original_accuracy = np.asarray(original_accuracy, np.float64).reshape(-1)
+  if original_accuracy.shape != (num_concepts,):
+    raise ValueError(f"original_accuracy of model {model!r} has "
+                     f"{original_accuracy.shape[0]} entries, expected "
+                     f"{num_concepts}")
+  # I and the hierarchy scores compare concepts: NaN for a single one.
+  comparable = num_concepts >= 2
+  per_seed_i = (np.atleast_1d(interpretability(similarity, path_accuracy))
+                if comparable else np.full(num_seeds, np.nan))
+  per_seed = {"interpretability": per_seed_i.tolist(),
+              "mean_path_accuracy": path_accuracy.mean(-1).tolist()}
+  row = {
+      "model": model,
+      "num_concepts": int(num_concepts),
+      "num_seeds": int(num_seeds),
+      "steps": int(steps),
+      "interpretability": float(np.mean(per_seed_i)),
+      "interpretability_std": float(np.std(per_seed_i)),
+      "mean_path_accuracy": float(path_accuracy.mean()),
+      "original_accuracy": float(original_accuracy.mean()),
+      "mean_usage": mean_unit_usage(usage),
+      "usage_per_site": dict(usage),
+  }
+  if primary_of is None or not comparable:
+    row.update({key: float("nan") for key in HIERARCHY_KEYS})
+    row["num_primaries"] = 0
+  else:
+    primary_of = np.asarray(primary_of).reshape(-1)
+    scores = [hierarchy_recovery(seed_similarity, primary_of)
+              for seed_similarity in similarity]
+    for key in HIERARCHY_KEYS:
+      per_seed[key] = [score[key] for score in scores]
+      row[key] = float(np.mean(per_seed[key]))
+    row["num_primaries"] = int(len(np.unique(primary_of)))
+  row["per_seed"] = per_seed
+  return row

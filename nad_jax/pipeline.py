@@ -14,12 +14,16 @@ and tests call it directly. For each network it writes into its workdir:
 * ``metrics.json`` (accuracies, similarity matrix, I, usage, hierarchy
   scores, skipped images, stopped concepts), figures (PNG),
   ``report.md`` / ``report.json`` and ``config.json``, the config this
-  network ran with (after compare-mode overrides).
+  network ran with (after compare-mode overrides);
+* the analyses (``nad_jax.analyze``: ``analyses.json``, ``analyses.npz``,
+  ``scores.csv``, ``per_class.csv``, figures) and ``report.html``.
 
 With ``config.compare`` (the demo) each named network runs as its own run
 into ``workdir/<name>`` (``config_lib.network_config`` says which settings
 it gets: a field set on the command line wins for every network), then
-:func:`compare_workdirs` builds ``workdir/report.md`` from their workdirs.
+``nad_jax.compare`` compares the workdirs into
+``workdir/report.{html,md,json}``. ``config.mode='analyze'`` skips the
+search and analyses the finished search already in the workdir.
 
 Faults (``nad_jax.errors``): the config is validated before anything is
 written; the workdir is locked (``nad_jax.workdir_lock``); SIGINT/SIGTERM
@@ -44,11 +48,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from nad_jax import analyze
+from nad_jax import compare
 from nad_jax import config_lib
 from nad_jax import data as data_lib
 from nad_jax import errors
 from nad_jax import evaluate
 from nad_jax import figures
+from nad_jax import html_report
 from nad_jax import metrics
 from nad_jax import models
 from nad_jax import objectives
@@ -103,7 +110,11 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         rows.append(row)
         workdirs.append(network_workdir)
     if workdirs and config.compare:
-      compare_workdirs(workdirs, workdir)
+      with _writing(workdir):
+        outputs = compare.compare_workdirs(
+            workdirs, workdir, title="NAD report: demo networks compared",
+            figures_enabled=config.report.figures)
+      logging.info("Report: %s", outputs["html"])
   if failures:
     raise errors.NonFiniteError(
         f"{len(failures)} concepts stopped on non-finite values and are not "
@@ -145,8 +156,20 @@ def run_network(config: ml_collections.ConfigDict, workdir: str
   start = time.perf_counter()
   with workdir_lock.WorkdirLock(workdir, jax.process_index()):
     model, variables, dataset, concept_ids = load_inputs(config, workdir)
-    result = search_paths(config, workdir, model, variables, dataset,
-                          concept_ids)
+    stored = None
+    if config.mode == "analyze":
+      with errors.user_input("reading the finished search (mode=analyze)"):
+        result = analyze.load_search_result(
+            workdir, model.gate_sites(),
+            None if str(config.data.classes).strip().lower() in ("", "all")
+            else concept_ids)
+        concept_ids = [int(c) for c in result.concept_ids]
+        stored = analyze.stored_accuracies(
+            workdir, concept_ids,
+            next(iter(result.gate_logits.values())).shape[1])
+    else:
+      result = search_paths(config, workdir, model, variables, dataset,
+                            concept_ids)
     if result is None:
       return None, []
     failures = [f.describe(dataset.class_names) for f in result.failures]
@@ -157,14 +180,20 @@ def run_network(config: ml_collections.ConfigDict, workdir: str
                     "outputs written.", config.model.name)
       return None, failures
     class_names = [dataset.class_names[c] for c in concept_ids]
-    original_acc, path_acc = evaluate_paths(config, model, variables,
-                                            dataset, concept_ids,
-                                            result.paths)
+    if stored is not None:
+      logging.info("=== %s: accuracies read from metrics.json",
+                   config.model.name)
+      original_acc, path_acc = stored
+    else:
+      original_acc, path_acc = evaluate_paths(config, model, variables,
+                                              dataset, concept_ids,
+                                              result.paths)
     _check_accuracy(config, original_acc)
     with _writing(workdir):
       export_paths(workdir, result, class_names)
       row = write_outputs(config, workdir, dataset, concept_ids, result,
-                          original_acc, path_acc, failures)
+                          original_acc, path_acc, failures, model=model,
+                          variables=variables)
   logging.info("%s: I = %s, path accuracy %.1f%% (original %.1f%%), "
                "mean usage %.2f; done in %.0f s. Outputs in %s",
                config.model.name,
@@ -197,9 +226,10 @@ def _without_failed(result: search.SearchResult, concept_ids: list[int]):
 # The files run_network writes (removed when no concept has a result, so
 # that no stale result contradicts the log).
 OUTPUT_FILES = ("paths.npz", "paths.json", "trajectory.npz", "metrics.json",
-                "report.md", "report.json", "config.json",
+                "report.md", "report.json", "report.html", "config.json",
                 "path_similarity.png", "unit_usage.png",
-                "precision_histogram.png")
+                "precision_histogram.png", analyze.ANALYSES_JSON,
+                analyze.ANALYSES_NPZ, "scores.csv", "per_class.csv")
 
 
 def _remove_outputs(workdir: str) -> None:
@@ -293,10 +323,13 @@ def evaluate_paths(config: ml_collections.ConfigDict, model, variables,
 def write_outputs(config: ml_collections.ConfigDict, workdir: str, dataset,
                   concept_ids: list[int], result: search.SearchResult,
                   original_acc: np.ndarray, path_acc: np.ndarray,
-                  failures: list[str] = ()) -> dict[str, Any]:
-  """Metrics, figures, ``metrics.json``, ``config.json`` and the report;
-  returns its row. With one concept the analyses that compare concepts
-  (similarity, I, clustering) are left out and the report says so."""
+                  failures: list[str] = (), model=None,
+                  variables=None) -> dict[str, Any]:
+  """Metrics, figures, ``metrics.json``, ``config.json``, the analyses
+  (with ``model`` and ``variables``, when ``config.analysis.enabled``) and
+  the reports; returns the row. With one concept the analyses that compare
+  concepts (similarity, I, clustering) are left out and the report says
+  so."""
   name = config.model.name
   class_names = [dataset.class_names[c] for c in concept_ids]
   paths = result.paths  # {site: [N, S, C]}
@@ -323,10 +356,11 @@ def write_outputs(config: ml_collections.ConfigDict, workdir: str, dataset,
         original_acc, path_acc.mean(1),
         os.path.join(workdir, "precision_histogram.png"),
         title=f"{name}: per-class precision")
-  row = report.summarize_model(
-      name, seed_paths, path_acc.T, original_acc,
-      steps=int(np.max(result.steps_done)), primary_of=primary_of,
-      figures=figure_paths)
+  row = metrics.summary_row(
+      name, similarity, metrics.unit_usage(seed_paths), path_acc.T,
+      original_acc, steps=int(np.max(result.steps_done)),
+      primary_of=primary_of)
+  row["figures"] = figure_paths
   skipped = list(dataset.skipped_files)
   _write_json(os.path.join(workdir, "config.json"), config.to_dict())
   _write_json(os.path.join(workdir, "metrics.json"), {
@@ -343,11 +377,22 @@ def write_outputs(config: ml_collections.ConfigDict, workdir: str, dataset,
       "stopped_concepts": list(failures),
       "notes": notes,
   })
+  summary_md = ""
+  if config.analysis.enabled and model is not None:
+    logging.info("=== %s: analyses", name)
+    analysis = analyze.analyze_network(
+        config, workdir, model, variables, dataset, concept_ids, paths,
+        similarity=similarity, row=row, class_names=class_names,
+        primary_of=primary_of, primary_names=primary_names)
+    if analysis is not None:
+      summary_md = html_report.summary_markdown(row, analysis)
   report.write_report([row], os.path.join(workdir, "report.md"),
                       os.path.join(workdir, "report.json"),
-                      extra_md=_notes_md(notes, skipped, failures)
+                      extra_md=summary_md
+                      + _notes_md(notes, skipped, failures)
                       + _settings_md(config),
                       title=f"NAD report: {name}")
+  html_report.write_network_report(workdir)
   return row
 
 
@@ -378,7 +423,8 @@ def export_paths(workdir: str, result: search.SearchResult,
   (see ``search.SearchResult.trajectory``).
   """
   arrays = {"concept_ids": result.concept_ids,
-            "class_names": np.asarray(class_names)}
+            "class_names": np.asarray(class_names),
+            "steps_done": np.asarray(result.steps_done)}
   for site, logits in result.gate_logits.items():
     arrays[f"path/{site}"] = logits > 0
     arrays[f"gate_logits/{site}"] = logits
@@ -448,56 +494,6 @@ def _settings_md(config) -> str:
            "The config this network ran with (also in config.json):", "",
            "```", config.to_json_best_effort(indent=1), "```"]
   return "\n".join(lines) + "\n"
-
-
-def compare_workdirs(workdirs: list[str], out_dir: str) -> str:
-  """The combined report of several finished single-network workdirs.
-
-  Reads each workdir's ``report.json`` (its row) and ``config.json`` (the
-  settings it ran with) and writes ``out_dir/report.md`` / ``report.json``
-  with one row per network, the settings that differ between them, and the
-  unit usage figure. The same call compares any workdirs made by separate
-  runs.
-
-  Returns:
-    The markdown report's path.
-  """
-  rows, configs = [], []
-  for workdir in workdirs:
-    with open(os.path.join(workdir, "report.json")) as f:
-      rows += json.load(f)["rows"]
-    with open(os.path.join(workdir, "config.json")) as f:
-      configs.append(config_lib.flatten(ml_collections.ConfigDict(
-          json.load(f))))
-  names = [row["model"] for row in rows]
-  keys = sorted(set().union(*configs))
-  differ = [k for k in keys if len({json.dumps(c.get(k), default=str)
-                                    for c in configs}) > 1]
-  lines = ["", "## Settings of each network", "",
-           "Each network ran as its own run; its full config is "
-           "`<network>/config.json`. Settings that differ:", "",
-           "| network | " + " | ".join(differ) + " |",
-           "|---|" + "---|" * len(differ)]
-  for name, values in zip(names, configs):
-    lines.append(f"| {name} | " + " | ".join(
-        str(values.get(k)) for k in differ) + " |")
-  shared = {k: configs[0].get(k) for k in keys if k not in differ}
-  lines += ["", "Shared settings:", "", "```",
-            json.dumps(shared, indent=1, default=str), "```"]
-  extra = ""
-  with _writing(out_dir):
-    if all(row.get("figures") for row in rows):
-      usage_png = figures.unit_usage_plot(
-          {row["model"]: row["usage_per_site"] for row in rows},
-          os.path.join(out_dir, "unit_usage.png"))
-      extra = f"\n![unit usage per site]({os.path.basename(usage_png)})\n"
-    md, _ = report.write_report(
-        rows, os.path.join(out_dir, "report.md"),
-        os.path.join(out_dir, "report.json"),
-        extra_md=extra + "\n".join(lines) + "\n",
-        title="NAD report: networks compared")
-  logging.info("Report: %s", md)
-  return md
 
 
 def check_labels(config: ml_collections.ConfigDict, dataset,

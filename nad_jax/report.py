@@ -1,10 +1,12 @@
 """The results table and a short "what was found" text, markdown and JSON.
 
-``summarize_model`` turns one network's paths and accuracies into a row of
-plain numbers (via ``nad_jax.metrics``); ``write_report`` writes the rows of
-all networks as one markdown table plus a paragraph generated from the
-numbers, and the same rows as JSON. Memory: negligible (one K x K matrix
-per seed while summarising).
+Rendering only: ``write_report`` writes the rows of all networks (from
+``nad_jax.metrics.summary_row``) as one markdown table plus a paragraph
+generated from the numbers, and the same rows as JSON.
+``summarize_model`` is kept for callers that hold only paths: it computes
+M and the usage and calls ``metrics.summary_row``. The HTML report is
+``nad_jax.html_report``. Memory: negligible (one K x K matrix per seed
+while summarising).
 """
 
 from __future__ import annotations
@@ -55,14 +57,10 @@ COLUMN_DESCRIPTIONS = {
                                  "primaries",
     "num_primaries": "number of planted primary concepts",
     "figures": "figure name -> PNG path",
+    "per_seed": "score -> its value for each seed",
 }
 
 ARI_RECOVERED = 0.5  # the report calls the hierarchy recovered above this
-
-
-def _per_seed(array: np.ndarray, concept_ndim: int) -> np.ndarray:
-  """Adds a seed axis of 1 when ``array`` has none."""
-  return array[None] if array.ndim == concept_ndim else array
 
 
 def summarize_model(model: str,
@@ -73,10 +71,12 @@ def summarize_model(model: str,
                     primary_of: np.ndarray | None = None,
                     figures: Mapping[str, str] | None = None
                     ) -> dict[str, Any]:
-  """One report row for one network.
+  """One report row for one network, computed from its paths.
 
-  Every metric is computed per seed and averaged over seeds (I also gets
-  its standard deviation over seeds).
+  ``metrics.summary_row`` does the work (every metric per seed, then the
+  mean over seeds; I also gets its standard deviation); this wrapper first
+  computes M and the usage from ``paths``. A run that already holds them
+  calls ``metrics.summary_row`` directly.
 
   Args:
     model: network name.
@@ -97,47 +97,9 @@ def summarize_model(model: str,
   if similarity.ndim not in (2, 3):
     raise ValueError(f"paths of model {model!r} must be [K, C] or [S, K, C] "
                      f"per site; got similarity of shape {similarity.shape}")
-  similarity = _per_seed(similarity, 2)
-  num_seeds, num_concepts = similarity.shape[0], similarity.shape[1]
-  path_accuracy = _per_seed(np.asarray(path_accuracy, np.float64), 1)
-  if path_accuracy.shape != (num_seeds, num_concepts):
-    raise ValueError(f"path_accuracy of model {model!r} has shape "
-                     f"{path_accuracy.shape}, expected ({num_concepts},) or "
-                     f"({num_seeds}, {num_concepts})")
-  original_accuracy = np.asarray(original_accuracy, np.float64).reshape(-1)
-  if original_accuracy.shape != (num_concepts,):
-    raise ValueError(f"original_accuracy of model {model!r} has "
-                     f"{original_accuracy.shape[0]} entries, expected "
-                     f"{num_concepts}")
-  # I and the hierarchy scores compare concepts: NaN for a single one.
-  comparable = num_concepts >= 2
-  per_seed_i = (metrics.interpretability(similarity, path_accuracy)
-                if comparable else np.full(num_seeds, np.nan))
-  usage = metrics.unit_usage(paths)
-  row = {
-      "model": model,
-      "num_concepts": int(num_concepts),
-      "num_seeds": int(num_seeds),
-      "steps": int(steps),
-      "interpretability": float(np.mean(per_seed_i)),
-      "interpretability_std": float(np.std(per_seed_i)),
-      "mean_path_accuracy": float(path_accuracy.mean()),
-      "original_accuracy": float(original_accuracy.mean()),
-      "mean_usage": metrics.mean_unit_usage(usage),
-      "usage_per_site": usage,
-  }
-  keys = ("cophenetic_correlation", "adjusted_rand_index",
-          "within_primary_similarity", "across_primary_similarity")
-  if primary_of is None or not comparable:
-    row.update({key: float("nan") for key in keys})
-    row["num_primaries"] = 0
-  else:
-    primary_of = np.asarray(primary_of).reshape(-1)
-    scores = [metrics.hierarchy_recovery(seed_similarity, primary_of)
-              for seed_similarity in similarity]
-    for key in keys:
-      row[key] = float(np.mean([score[key] for score in scores]))
-    row["num_primaries"] = int(len(np.unique(primary_of)))
+  row = metrics.summary_row(model, similarity, metrics.unit_usage(paths),
+                            path_accuracy, original_accuracy, steps,
+                            primary_of)
   row["figures"] = dict(figures or {})
   return row
 

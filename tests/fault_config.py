@@ -33,4 +33,5 @@ def get_config(arg=None):
   config.search.log_every = 1
   config.eval.batch_size = 8
   config.report.figures = False
+  config.analysis.enabled = False  # tests/test_analyze.py covers them
   return config

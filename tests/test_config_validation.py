@@ -71,6 +71,18 @@ OUT_OF_RANGE = {
     "search.log_every": [-1],
     "search.stop_after_steps": [-1],
     "eval.batch_size": [0],
+    "mode": ["train"],
+    "analysis.seed": [-1],
+    "analysis.mask_rate": [0.0, 1.5, math.nan],
+    "analysis.num_mosaics": [0],
+    "analysis.mosaic_images_per_class": [0],
+    "analysis.random_draws": [0],
+    "analysis.permutations": [-1],
+    "analysis.top_k": [0],
+    "analysis.authors_top_k_classes": [0],
+    "analysis.cross_max_classes": [0],
+    "analysis.cross_images_per_class": [0],
+    "analysis.max_images_per_class": [0],
     "eval.max_images_per_class": [0],
     "compare": [("demo_vgg", "demo_vgg"), ("no_such_net",)],
     "hparams_by_model.demo_vgg.alpha": [0.0, math.nan],
@@ -80,7 +92,8 @@ OUT_OF_RANGE = {
 # Fields without a range: ConfigDict's types already refuse a wrong type.
 NO_RANGE = {"model.checkpoint", "data.name", "data.data_dir",
             "data.manual_dir", "data.root", "data.hierarchy",
-            "report.figures"}
+            "report.figures", "analysis.enabled", "analysis.mosaic_full_size",
+            "analysis.map_classes", "analysis.images"}
 
 
 def _set(config, path, value):
@@ -138,6 +151,14 @@ def test_every_field_of_every_config_has_a_rule_and_is_tested():
 def test_valid_configs_pass():
   for path in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))):
     config_lib.validate(_config_file(path))
+
+
+def test_missing_analysis_image_is_refused(tmp_path):
+  config = _demo("vgg")
+  config.analysis.images = str(tmp_path / "missing.png")
+  with pytest.raises(errors.ConfigError, match="missing.png"):
+    pipeline.run(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
 
 
 def test_unknown_field_is_refused_with_the_known_ones():

@@ -98,3 +98,57 @@ def test_precision_histogram_plot(tmp_path):
   with pytest.raises(ValueError, match="precision"):
     figures.precision_histogram_plot([0.5, 2.0], [0.5, 0.5],
                                      tmp_path / "bad.png", "bad")
+
+
+def test_interpretability_vs_accuracy_plot(tmp_path):
+  points = [{"model": "vgg", "interpretability": 0.02,
+             "interpretability_std": 0.003, "original_accuracy": 0.9,
+             "random_interpretability": 0.001},
+            {"model": "resnet", "interpretability": 0.005,
+             "original_accuracy": 0.95}]
+  path = figures.interpretability_vs_accuracy(points, tmp_path / "f6.png")
+  _assert_png(path, 500, 350)
+  with pytest.raises(ValueError, match="at least one point"):
+    figures.interpretability_vs_accuracy([], tmp_path / "none.png")
+
+
+def test_trajectory_and_analysis_plots(tmp_path):
+  steps = np.array([10, 20, 30])
+  flips = {f"site{i:02d}": np.array([0.5, 0.05, 0.0]) / (i + 1)
+           for i in range(13)}
+  usage = {site: np.array([0.6, 0.5, 0.5]) for site in flips}
+  _assert_png(figures.trajectory_plot(steps, flips, usage,
+                                      tmp_path / "t.png"), 800, 300)
+  _assert_png(figures.seed_stability_plot(
+      np.random.default_rng(0).uniform(0.5, 0.9, 30), 0.3,
+      tmp_path / "s.png", random_level=0.2), 500, 300)
+  _assert_png(figures.null_distribution_plot(
+      {"ARI": (0.5, np.random.default_rng(1).normal(0, 0.1, 99), 0.01)},
+      tmp_path / "n.png"), 300, 250)
+  many = [f"class {i}" for i in range(60)]
+  _assert_png(figures.ablation_plot(
+      many, {"kept": np.ones(60), "removed": np.zeros(60)},
+      tmp_path / "box.png"), 600, 300)
+
+
+def test_activation_map_grid_checks_rows(tmp_path):
+  image = np.zeros((8, 8, 3))
+  masks = {"site00": np.zeros((2, 8, 8), bool)}
+  with pytest.raises(ValueError, match="row_labels has 3"):
+    figures.activation_map_grid(image, masks, ["a", "b", "c"],
+                                tmp_path / "x.png")
+  masks["site00"][1, :4, :4] = True
+  _assert_png(figures.activation_map_grid(image + 0.5, masks, ["a", "b"],
+                                          tmp_path / "ok.png",
+                                          quadrant_labels=list("wxyz")),
+              250, 200)
+
+
+def test_similarity_heatmap_of_many_classes_stays_a_few_megapixels(tmp_path):
+  primary_of = np.arange(300) % 6
+  result = figures.similarity_heatmap(
+      _block_similarity(primary_of), [f"class {i}" for i in range(300)],
+      primary_of, None, tmp_path / "big.png", dpi=50)
+  width, height = _assert_png(result.path, 500, 500)
+  assert width * height < 2e6  # 0.28 in per class would be ~18 MP here
+  assert sorted(result.leaf_order.tolist()) == list(range(300))

@@ -29,6 +29,7 @@ def _demo_config(variant="vgg", **search):
   config.search.log_every = 1
   config.eval.max_images_per_class = 8
   config.report.figures = False
+  config.analysis.enabled = False  # tests/test_analyze.py covers them
   config.search.update(search)
   return config
 
@@ -39,7 +40,8 @@ def test_main_end_to_end(tmp_path):
          "--config=configs/demo.py:vgg", f"--workdir={workdir}",
          "--config.search.num_steps=3", "--config.data.classes=0,1,4,5",
          "--config.search.concepts_per_step=2",
-         "--config.eval.max_images_per_class=8"]
+         "--config.eval.max_images_per_class=8",
+         "--config.analysis.enabled=False"]
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                         timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
