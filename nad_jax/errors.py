@@ -46,6 +46,10 @@ class InputNotFoundError(UserError, FileNotFoundError):
   """A file or directory the config names does not exist."""
 
 
+class InputError(UserError, ValueError):
+  """The input (model weights, data, class list) cannot serve the run."""
+
+
 class CheckpointError(UserError, ValueError):
   """The workdir's checkpoints cannot be used (another search, all damaged)."""
 
@@ -105,9 +109,11 @@ def user_input(what: str) -> Iterator[None]:
     what: the stage, for the message (``'loading the data'``).
 
   Raises:
-    UserError: ``'<what>: <message>'`` for a ``ValueError``, ``KeyError`` or
-      missing-file error raised by nad-jax code (see
+    InputError: ``'<what>: <message>'`` (also a ``ValueError``) for a
+      ``ValueError`` or ``KeyError`` raised by nad-jax code (see
       :func:`raised_by_nad_jax`); the original is its ``__cause__``.
+    InputNotFoundError: the same for a missing file (a
+      ``FileNotFoundError``), wherever it was raised.
   """
   try:
     yield
@@ -120,7 +126,7 @@ def user_input(what: str) -> Iterator[None]:
         e.args[0], str) else str(e)
     if isinstance(e, FileNotFoundError):
       raise InputNotFoundError(f"{what}: {message}") from e
-    raise UserError(f"{what}: {message}") from e
+    raise InputError(f"{what}: {message}") from e
 
 
 # errno -> what the user is told.
