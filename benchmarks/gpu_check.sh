@@ -14,6 +14,9 @@
 #                  wait, host cores busy, peak memory, K, and the projected
 #                  1000-class x 1700-step wall time
 #   log_<network>.txt  the tail of each network's log
+#   depthwise_bench.md  benchmarks/bench_depthwise.py (EfficientNet-Lite0's
+#                  depthwise forms; another issue's figure, run in the last
+#                  DEPTHWISE_S=120 seconds)
 # Data: an ImageNet-shaped folder of 500x375 JPEGs (quality 90), made by
 # benchmarks/make_synthetic_imagenet.py where present, else by
 # bench_e2e.py --generate_classes. Networks have random weights.
@@ -73,10 +76,11 @@ for args in "--compute_dtype=float32" "--compute_dtype=bfloat16" \
 done
 
 # 3. End to end per network, the time left shared out.
+RESERVE=${DEPTHWISE_S:-120}  # for part 4
 set -- $NETWORKS
 while [ $# -gt 0 ]; do
   m=$1
-  budget=$(( $(left) / $# ))
+  budget=$(( ($(left) - RESERVE) / $# ))
   if [ "$budget" -lt 45 ]; then
     note "skipped $m: out of time"
     shift
@@ -93,5 +97,13 @@ while [ $# -gt 0 ]; do
   rm -f "$OUT/log_$m.full"
   shift
 done
+# 4. EfficientNet-Lite0's depthwise convolution forms (grouped conv vs
+#    shifted taps; 'auto' picks the grouped conv off CPU), in the reserve.
+if [ "$(left)" -gt 20 ]; then
+  timeout "$(left)" python3 benchmarks/bench_depthwise.py --batch=64 \
+    --repeats=5 2>&1 | grep -v '^W\|^I' | tee "$OUT/depthwise_bench.md"
+else
+  note "skipped bench_depthwise.py: out of time"
+fi
 note "total $(( $(date +%s) - START )) s"
 cat "$OUT/e2e.md" 2>/dev/null

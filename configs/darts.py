@@ -16,8 +16,9 @@ Places365 (tfds ``places365_small``, 365 classes) needs a checkpoint with a
   python -m nad_jax.main --config=configs/darts.py:places365 \\
       --config.model.checkpoint=DIR --workdir=/tmp/nad_darts_places
 
-Hyperparameters (NAD_FACTS section 3): paper alpha 0.1 / 0.3, lambda
-0.3 / 0.19; the authors' code's beta 0.45 / 0.20 (ImageNet / Places365);
+Hyperparameters (paper Sec. 5.1, beta from the authors' code;
+docs/networks.md): paper alpha 0.1 / 0.3, lambda 0.3 / 0.19; the authors'
+code's beta 0.45 / 0.20 (ImageNet / Places365);
 16 images per step, RandomResizedCrop training augmentation. The run
 produces the 16-site paths (stems and the 14 cells), path similarities,
 interpretability and the report under ``workdir``.
@@ -29,7 +30,8 @@ import ml_collections
 
 from nad_jax import config_lib
 
-# dataset -> (paper alpha, paper lambda, code beta), NAD_FACTS section 3.
+# dataset -> (paper alpha, paper lambda, code beta): paper Sec. 5.1 and
+# the authors' code; docs/networks.md, Hyperparameters.
 _HPARAMS = {
     "imagenet": (0.1, 0.3, 0.45),
     "places365": (0.3, 0.19, 0.20),

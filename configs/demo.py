@@ -8,8 +8,8 @@ trained on it and shipped with the package (plain VGG-style, residual
 ResNet-style, concat DenseNet-style), evaluates the paths, and writes
 ``runs/demo/report.md`` comparing I, path accuracy, unit usage and how well
 path similarity recovers the planted hierarchy, plus figures per network.
-About 3 minutes on 2 CPU cores. ``:vgg``, ``:resnet`` or ``:densenet`` runs
-one network only.
+About 2 minutes on 2 CPU cores (benchmarks/RESULTS.md). ``:vgg``,
+``:resnet`` or ``:densenet`` runs one network only.
 """
 
 from nad_jax import config_lib

@@ -18,9 +18,9 @@ Then::
       --workdir=runs/densenet169 --config.model.checkpoint=ckpt/densenet169
 
 Hyperparameters: the paper gives them for DenseNet121 only, so every
-variant uses DenseNet121's (NAD_FACTS section 3): paper alpha 0.6 / 0.6 and
-lambda 0.08 / 0.02, code beta 0.02 / 0.02 (ImageNet / Places365). They are a
-starting point, not tuned for the other variants; override them with
+variant uses DenseNet121's (docs/networks.md, Hyperparameters): paper
+alpha 0.6 / 0.6 and lambda 0.08 / 0.02, code beta 0.02 / 0.02 (ImageNet /
+Places365). They are a starting point, not tuned for the other variants; override them with
 ``--config.optim.alpha``, ``--config.objective.lam`` (paper objective) or
 ``--config.objective.beta`` (``--config.objective.name=official``).
 ``search.num_steps``: ImageNet ~1700, Places365 ~6500 (21 epochs of one

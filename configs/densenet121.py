@@ -15,9 +15,10 @@ checkpoint converted the same way)::
       --config.model.checkpoint=ckpt/densenet121_places365
 
 The paper objective (Eq. 4, 6-8) is the default; the authors' code's
-objective is ``--config.objective.name=official``. Hyperparameters
-(NAD_FACTS section 3): paper alpha 0.6 / 0.6 and lambda 0.08 / 0.02,
-code beta 0.02 / 0.02 (ImageNet / Places365). ``search.num_steps`` follows the
+objective is ``--config.objective.name=official``. Hyperparameters (paper
+Sec. 5.1, beta from the authors' code; docs/networks.md): paper alpha
+0.6 / 0.6 and lambda 0.08 / 0.02, code beta 0.02 / 0.02 (ImageNet /
+Places365). ``search.num_steps`` follows the
 authors' 21 epochs over one class's training images at batch 16: ImageNet ~1300
 images per class -> ~1700 steps; Places365 (``places365_small``, ~4940 per
 class) -> ~6500 steps. The result is one path per class under ``workdir``
@@ -30,7 +31,8 @@ import ml_collections
 
 from nad_jax import config_lib
 
-# dataset -> (paper alpha, paper lambda, code beta), NAD_FACTS section 3.
+# dataset -> (paper alpha, paper lambda, code beta): paper Sec. 5.1 and
+# the authors' code; docs/networks.md, Hyperparameters.
 _HPARAMS = config_lib.PAPER_HPARAMS["densenet121"]
 
 

@@ -21,8 +21,8 @@ Then::
       --workdir=runs/resnet18 --config.model.checkpoint=ckpt/resnet18
 
 Hyperparameters: the paper gives them for ResNet50 only, so every variant
-uses ResNet50's (NAD_FACTS section 3): paper alpha 2.5 / 2.5 and lambda
-0.03 / 0.023, code beta 0.02 / 0.02 (ImageNet / Places365). They are a
+uses ResNet50's (docs/networks.md, Hyperparameters): paper alpha
+2.5 / 2.5 and lambda 0.03 / 0.023, code beta 0.02 / 0.02 (ImageNet / Places365). They are a
 starting point, not tuned for the other depths and widths; override them
 with ``--config.optim.alpha``, ``--config.objective.lam`` (paper objective)
 or ``--config.objective.beta`` (``--config.objective.name=official``).

@@ -19,8 +19,8 @@ Then::
       --workdir=runs/vgg19_bn --config.model.checkpoint=ckpt/vgg19_bn
 
 Hyperparameters: the paper gives them for VGG16 only, so every VGG variant
-uses VGG16's (NAD_FACTS section 3): paper alpha 0.1 / 0.1 and lambda 6 / 6,
-code beta 4.5 / 5.0 (ImageNet / Places365). They are a starting point, not
+uses VGG16's (docs/networks.md, Hyperparameters): paper alpha 0.1 / 0.1
+and lambda 6 / 6, code beta 4.5 / 5.0 (ImageNet / Places365). They are a starting point, not
 tuned for the other depths or for BatchNorm; override them with
 ``--config.optim.alpha``, ``--config.objective.lam`` (paper objective) or
 ``--config.objective.beta`` (``--config.objective.name=official``).

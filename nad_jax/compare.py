@@ -57,7 +57,52 @@ def load_run(workdir: str) -> dict[str, Any]:
         f"{workdir} has no metrics.json: not a finished nad-jax run (run the "
         f"search there, or --config.mode=analyze on it)")
   return {"workdir": workdir, "row": metrics_json["row"],
-          "analysis": _read_json(os.path.join(workdir, "analyses.json"))}
+          "analysis": _read_json(os.path.join(workdir, "analyses.json")),
+          "config": _read_json(os.path.join(workdir, "config.json"))}
+
+
+def _flat(tree, prefix=""):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _settings_lines(runs) -> list[str]:
+  """Markdown: the settings each network ran with (its ``config.json``),
+  those that differ as a table, the rest once."""
+  if not all(run.get("config") for run in runs):
+    return []
+  configs = [_flat(run["config"]) for run in runs]
+  keys = sorted(set().union(*configs))
+  differ = [k for k in keys if len({json.dumps(c.get(k), default=str)
+                                    for c in configs}) > 1]
+  lines = ["", "## Settings of each network", "",
+           "Each network ran with its `config.json` (in its workdir). "
+           "Settings that differ:", "",
+           "| network | " + " | ".join(differ) + " |",
+           "|---|" + "---|" * len(differ)]
+  for run, values in zip(runs, configs):
+    lines.append(f"| {run['row']['model']} | " + " | ".join(
+        str(values.get(k)) for k in differ) + " |")
+  shared = {k: configs[0].get(k) for k in keys if k not in differ}
+  return lines + ["", "Shared settings:", "", "```",
+                  json.dumps(shared, indent=1, default=str), "```"]
+
+
+def _hparams_text(run) -> str:
+  """The network's hyperparameters, from its analyses or its config."""
+  hparams = (run["analysis"] or {}).get("run", {}).get("hparams")
+  if not hparams and run.get("config"):
+    config = run["config"]
+    objective = config["objective"]
+    hparams = {"objective": objective["name"],
+               "alpha": config["optim"]["alpha"]}
+    hparams.update({k: v for k, v in objective.items() if k != "name"})
+  return ", ".join(f"{k} {v}" for k, v in (hparams or {}).items())
 
 
 def _score_entries(run) -> dict[str, dict[str, Any]]:
@@ -227,9 +272,7 @@ def compare_workdirs(workdirs: Sequence[str], out_dir: str,
                   ["concepts", str(row["num_concepts"])],
                   ["seeds", str(row["num_seeds"])],
                   ["steps", str(row["steps"])],
-                  ["hyperparameters", ", ".join(
-                      f"{k} {v}" for k, v in run_facts.get(
-                          "hparams", {}).items())],
+                  ["hyperparameters", _hparams_text(run)],
                   ["workdir", run["workdir"]]]})
   html_path = html_report.write_comparison_html(
       os.path.join(out_dir, "report.html"), title, networks, score_rows,
@@ -250,6 +293,7 @@ def compare_workdirs(workdirs: Sequence[str], out_dir: str,
     extra += [""] + [f"![{figure_title}]({os.path.basename(p)})"
                      for figure_title, p in figure_paths.items()]
   extra += ["", "Workdirs: " + ", ".join(run["workdir"] for run in runs)]
+  extra += _settings_lines(runs)
   md_path, json_path = report.write_report(
       rows, os.path.join(out_dir, "report.md"),
       os.path.join(out_dir, "report.json"), extra_md="\n".join(extra),

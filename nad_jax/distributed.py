@@ -44,6 +44,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from nad_jax import errors
+
 MODES = ("auto", "on", "off")
 
 
@@ -75,11 +77,12 @@ def initialize(config: ml_collections.ConfigDict) -> bool:
   processes gather through gloo.
 
   Raises:
-    ValueError: an unknown mode, or a partial explicit setting.
+    nad_jax.errors.ConfigError: an unknown mode, or a partial explicit
+      setting.
   """
   mode = config.mode
   if mode not in MODES:
-    raise ValueError(f"config.distributed.mode: unknown mode {mode!r}; use "
+    raise errors.ConfigError(f"config.distributed.mode: unknown mode {mode!r}; use "
                      f"one of {MODES}")
   explicit = {
       "coordinator_address": config.coordinator_address or None,
@@ -89,7 +92,7 @@ def initialize(config: ml_collections.ConfigDict) -> bool:
                      if config.process_id >= 0 else None),
   }
   if explicit["coordinator_address"] and None in explicit.values():
-    raise ValueError(
+    raise errors.ConfigError(
         "config.distributed: with coordinator_address set, num_processes "
         "(> 0) and process_id (>= 0) must be set too; got "
         f"num_processes={config.num_processes}, "

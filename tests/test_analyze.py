@@ -224,7 +224,8 @@ def test_analyze_mode_errors(demo_run, tmp_path):
   with pytest.raises(ValueError, match=r"concepts \[2\] were not searched"):
     pipeline.run(config, str(demo_run))
   config.mode = "sideways"
-  with pytest.raises(ValueError, match="config.mode must be one of"):
+  with pytest.raises(ValueError, match="config.mode='sideways' is not "
+                     "allowed: it must be one of"):
     pipeline.run(config, str(demo_run))
 
 

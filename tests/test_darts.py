@@ -144,7 +144,8 @@ def test_darts_v2_is_darmos_genotype():
 
 
 def test_gate_sites_follow_nad_facts():
-  # NAD_FACTS section 4: stems 48, cells 192 (0-3), 384 (4-8), 768 (9-13).
+  # docs/darts.md, Gate sites (the authors' code's sites): stems 48, cells
+  # 192 (0-3), 384 (4-8), 768 (9-13).
   expected = [48, 48] + [192] * 4 + [384] * 5 + [768] * 5
   sites = darts.DartsImageNet(num_classes=1000).gate_sites()
   assert list(sites) == [f"site{i:02d}" for i in range(16)]

@@ -1,9 +1,10 @@
 """configs/{vgg16,resnet50,densenet121}.py and the family configs
 configs/{vgg,resnet,densenet}.py: hyperparameters and no download.
 
-The expected values are NAD_FACTS section 3 (the paper's alpha and lambda,
-the authors' code's beta), typed in here from the table; a family config
-gives every variant its paper network's values.
+The expected values are the paper's alpha and lambda (Sec. 5.1) and the
+authors' code's beta, typed in here from docs/networks.md
+(Hyperparameters); a family config gives every variant its paper network's
+values.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from nad_jax import models
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
 
-# network -> dataset -> (alpha, lambda, beta), NAD_FACTS section 3.
+# network -> dataset -> (alpha, lambda, beta): paper Sec. 5.1 and the
+# authors' code (docs/networks.md, Hyperparameters).
 HPARAMS = {
     "vgg16": {"imagenet": (0.1, 6, 4.5), "places365": (0.1, 6, 5.0)},
     "resnet50": {"imagenet": (2.5, 0.03, 0.02),

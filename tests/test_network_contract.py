@@ -1,7 +1,8 @@
 """The three torchvision networks follow the model contract (no torch needed).
 
 Shapes only (``jax.eval_shape``): the activations dict has exactly the gate
-sites, in order, with the channels of NAD_FACTS section 4 typed in here.
+sites, in order, with the channels of docs/networks.md (Gate sites, the
+authors' code's sites) typed in here.
 Parity with torchvision is in ``test_torchvision_parity.py``.
 """
 

@@ -10,6 +10,7 @@ import pytest
 from ml_collections import config_flags  # pylint: disable=unused-import
 
 from nad_jax import checkpoint
+from nad_jax import errors
 from nad_jax import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,10 +64,12 @@ def test_main_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("model.name", "no_such_net", "unknown model 'no_such_net'"),
+    ("model.name", "no_such_net", "config.model.name='no_such_net' is not "
+     "allowed: it must be one of .*'demo_vgg'"),
     ("objective.name", "no_such_objective",
-     "unknown objective 'no_such_objective'"),
-    ("search.num_steps", 0, "config.search.num_steps must be positive"),
+     "config.objective.name='no_such_objective' is not allowed"),
+    ("search.num_steps", 0, "config.search.num_steps=0 is not allowed: it "
+     "must be a positive integer"),
     ("data.classes", "0,99", "99"),
 ])
 def test_bad_config_is_refused_before_writing(tmp_path, field, value,
@@ -75,7 +78,7 @@ def test_bad_config_is_refused_before_writing(tmp_path, field, value,
   section, key = field.split(".")
   config[section][key] = value
   workdir = tmp_path / "run"
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(errors.UserError, match=message):
     pipeline.run(config, str(workdir))
   assert not (workdir / "checkpoints").exists()
 

@@ -49,6 +49,10 @@ class TinyDataset:
     rng = np.random.default_rng(seed)
     self.class_names = [f"class{i}" for i in range(num_classes)]
     self.hierarchy = None
+    self.aliases = {}
+    self.wnids = None
+    self.label_of = None
+    self.skipped_files = []
     self.seed = seed
     self.images = {
         split: [(rng.normal(size=(per_class, image_size, image_size, 3))

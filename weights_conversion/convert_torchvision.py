@@ -55,6 +55,7 @@ import numpy as np
 
 from nad_jax import params_io
 from nad_jax.models import densenet, resnet, vgg
+from weights_conversion import convert_efficientnet
 from weights_conversion import torch_utils as tu
 # pylint: enable=wrong-import-position
 
@@ -436,10 +437,20 @@ def compare_with_torchvision(arch: str, variables: Mapping[str, Any],
 
 
 def main(argv: list[str] | None = None) -> int:
+  # EfficientNet-Lite (EfficientNet-PyTorch keys) has its own converter with
+  # the same command line: weights_conversion/convert_efficientnet.py.
+  peek = argparse.ArgumentParser(add_help=False)
+  peek.add_argument("--arch")
+  if peek.parse_known_args(argv)[0].arch in convert_efficientnet.ARCHS:
+    return convert_efficientnet.main(argv)
   parser = argparse.ArgumentParser(
       description="Convert a torchvision checkpoint to a nad-jax params "
                   "checkpoint (Orbax).")
-  parser.add_argument("--arch", required=True, choices=sorted(ARCHS))
+  parser.add_argument(
+      "--arch", required=True,
+      choices=sorted(ARCHS) + sorted(convert_efficientnet.ARCHS),
+      help="torchvision's function name (vgg16, resnet50, ...) or "
+           "efficientnet_lite0 (its own converter, same command line)")
   parser.add_argument("--input", required=True,
                       help="torchvision .pth (state_dict or checkpoint dict)")
   parser.add_argument("--output", required=True,

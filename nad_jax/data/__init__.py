@@ -78,8 +78,8 @@ def get_dataset(config: ml_collections.ConfigDict, *, cache_dir: str):
   dataset = DATASET_BUILDERS[source](config, cache_dir)
   if config.data.hierarchy:
     dataset.hierarchy = classes.resolve_hierarchy(
-        config.data.hierarchy, dataset.class_names,
-        getattr(dataset, "aliases", None), getattr(dataset, "wnids", None))
+        config.data.hierarchy, dataset.class_names, dataset.aliases,
+        dataset.wnids)
   return dataset
 
 
@@ -97,4 +97,4 @@ def selected_classes(config: ml_collections.ConfigDict, dataset) -> list[int]:
                        "set config.data.hierarchy")
     return [int(c) for ids in dataset.hierarchy.values() for c in ids]
   return classes.resolve_classes(config.data.classes, dataset.class_names,
-                                 getattr(dataset, "aliases", None))
+                                 dataset.aliases)

@@ -5,18 +5,30 @@ A *concept dataset* serves images per class (a class is a concept):
 * ``class_names``: list of readable class names, index = class id.
 * ``hierarchy``: ``None`` or a dict primary concept -> list of class ids
   (paper Fig. 7; the demo's planted structure, WordNet, or a user's JSON).
+* ``aliases``: extra names -> class id accepted in class selections and
+  hierarchy files (wnids, folder names); may be empty.
+* ``wnids``: the ImageNet wnids of the classes in id order, or ``None``
+  (needed by ``config.data.hierarchy='wordnet:...'``).
+* ``label_of``: the network's output index of each class id (an int
+  array), or ``None`` when it is the class id itself.
+* ``skipped_files``: the images left out so far as unreadable or
+  non-finite, each named (file, record or index), in the order met; the
+  run's report lists them.
 * ``num_images(split, class_id)``: images of that class in ``'train'`` or
   ``'val'``.
 * ``concept_batch(class_ids, step, batch_size)``: the search's batch for one
   step, ``images [K, B, H, W, 3] float32`` (normalised, NHWC) and
   ``labels [K, B] int32``, row k holding only images of ``class_ids[k]``
-  from the train split. Deterministic in ``(seed, class_id, step)``: the
-  b-th image at step t is number ``t * B + b`` in the class's epoch-by-epoch
-  shuffled order (see :func:`sample_indices`), so a resumed search sees
-  the same images as an uninterrupted one.
+  from the train split, every value finite: an image that cannot be read
+  or holds a non-finite value is skipped (a warning names it, it joins
+  ``skipped_files``) and its slot gets the next usable image of the class.
+  Deterministic in ``(seed, class_id, step)``: the b-th image at step t is
+  number ``t * B + b`` in the class's epoch-by-epoch shuffled order (see
+  :func:`sample_indices`), so a resumed search sees the same images as an
+  uninterrupted one.
 * ``eval_batches(class_id, batch_size, max_images=None)``: iterator over
   ``(images [b, H, W, 3], labels [b])`` of the class's val split, in a fixed
-  order, without augmentation.
+  order, without augmentation; skipped images are left out.
 
 Memory: a concept batch holds K * B images; at 224x224 float32 that is
 0.6 MB per image.
@@ -24,7 +36,7 @@ Memory: a concept batch holds K * B images; at 224x224 float32 that is
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -35,6 +47,10 @@ class ConceptDataset(Protocol):
 
   class_names: Sequence[str]
   hierarchy: dict[str, list[int]] | None
+  aliases: Mapping[str, int]
+  wnids: Sequence[str] | None
+  label_of: np.ndarray | None
+  skipped_files: list[str]
 
   def num_images(self, split: str, class_id: int) -> int:
     ...
@@ -74,6 +90,11 @@ def sample_indices(num_images: int, seed: int, class_id: int, step: int,
     sel = epochs == epoch
     out[sel] = order[positions[sel] % num_images]
   return out
+
+
+def is_finite_image(image: np.ndarray) -> bool:
+  """Whether every value of an image (or a batch of them) is finite."""
+  return bool(np.isfinite(image).all())
 
 
 def check_class_ids(class_ids: Sequence[int], num_classes: int,

@@ -347,7 +347,10 @@ class DecodeCache:
         pixels = dataset.train_images(c)
         images[row, :len(pixels)] = pixels
         stored_hw[row, :len(pixels)] = pixels.shape[1:3]
-        readable[row][:] = True
+        # A non-finite image is skipped like an unreadable file.
+        readable[row][:] = np.isfinite(pixels).all(axis=(1, 2, 3))
+        for index in np.flatnonzero(~readable[row]):
+          dataset.skip("train", int(c), int(index))
       orig_hw[:] = stored_hw
       labels = np.asarray(unique, np.int32)
     else:

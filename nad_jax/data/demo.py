@@ -43,7 +43,9 @@ from collections.abc import Iterator, Sequence
 
 import ml_collections
 import numpy as np
+from absl import logging
 
+from nad_jax import errors
 from nad_jax.data import base
 
 PRIMARIES = ("round", "polygons", "stripes", "checker")
@@ -202,6 +204,10 @@ class DemoDataset:
     class_names: ``'primary/secondary'`` names, index = class id; the classes
       of primary p are ids ``p * classes_per_primary ...``.
     hierarchy: primary concept -> its class ids.
+    aliases: none (``{}``); wnids, label_of: ``None``.
+    skipped_files: images left out for a non-finite value, named
+      ``demo/<split>/<class id>/<index>`` (none unless the arrays were
+      changed after generation).
     mean, std: the per-channel normalisation (``PIXEL_MEAN``, ``PIXEL_STD``).
   """
 
@@ -254,6 +260,11 @@ class DemoDataset:
                             (p + 1) * classes_per_primary))
         for p, primary in enumerate(self.primaries)
     }
+    self.aliases: dict[str, int] = {}
+    self.wnids: list[str] | None = None
+    self.label_of: np.ndarray | None = None  # labels are the class ids
+    self.skipped_files: list[str] = []
+    self._skipped: set[tuple[str, int, int]] = set()
     counts = {"train": train_per_class, "val": val_per_class}
     raw = {}
     for split_index, split in enumerate(SPLITS):
@@ -315,14 +326,40 @@ class DemoDataset:
     if batch_size < 1:
       raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     train = self._images["train"]
-    images = np.stack([
-        train[class_id, base.sample_indices(train.shape[1], self.order_seed,
-                                            int(class_id), step, batch_size)]
-        for class_id in class_ids
-    ])
+    count = train.shape[1]
+    indices = np.stack([
+        base.sample_indices(count, self.order_seed, int(class_id), step,
+                            batch_size) for class_id in class_ids])
+    images = train[np.asarray(class_ids)[:, None], indices]
+    finite = np.isfinite(images).all(axis=(2, 3, 4))
+    for k, b in zip(*np.nonzero(~finite)):
+      # Like an unreadable file: the next finite image of the class.
+      class_id = int(class_ids[k])
+      for offset in range(count):
+        index = (int(indices[k, b]) + offset) % count
+        if base.is_finite_image(train[class_id, index]):
+          images[k, b] = train[class_id, index]
+          break
+        self.skip("train", class_id, index)
+      else:
+        raise errors.DataError(
+            f"demo class {class_id} {self.class_names[class_id]!r} has no "
+            f"finite train image")
     labels = np.repeat(np.asarray(class_ids, np.int32)[:, None], batch_size,
                        axis=1)
     return images, labels
+
+  def skip(self, split: str, class_id: int, index: int,
+           reason: str = "non-finite pixel values") -> None:
+    """Records an image as skipped (once) and logs it (the decode-once
+    cache of the device pipeline calls it too)."""
+    if (split, class_id, index) in self._skipped:
+      return
+    self._skipped.add((split, class_id, index))
+    name = f"demo/{split}/{class_id}/{index}"
+    self.skipped_files.append(name)
+    logging.warning("skipping image %s (class %d %r): %s", name, class_id,
+                    self.class_names[class_id], reason)
 
   def eval_batches(self, class_id: int, batch_size: int,
                    max_images: int | None = None
@@ -337,7 +374,12 @@ class DemoDataset:
       images = images[:max_images]
     for start in range(0, len(images), batch_size):
       batch = images[start:start + batch_size]
-      yield batch, np.full(len(batch), class_id, np.int32)
+      finite = np.isfinite(batch).all(axis=(1, 2, 3))
+      for b in np.flatnonzero(~finite):
+        self.skip("val", int(class_id), start + int(b))
+      batch = batch[finite]
+      if len(batch):
+        yield batch, np.full(len(batch), class_id, np.int32)
 
 
 def demo_data_config() -> ml_collections.ConfigDict:

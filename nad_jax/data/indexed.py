@@ -8,8 +8,9 @@ record id for messages). It draws each concept's images epoch by epoch with
 :func:`base.sample_indices`, applies the eval transform or the seeded
 search-time augmentation (:mod:`preprocess`), decodes on a thread pool when
 ``num_workers > 0`` (PIL releases the GIL while decoding and resizing), and
-skips unreadable images: each is logged once with a warning naming it and
-listed in ``skipped_files``; in a search batch its slot is filled by the
+skips unreadable images and images with a non-finite value after the
+transform: each is logged once with a warning naming it and listed in
+``skipped_files``; in a search batch its slot is filled by the
 next readable image of the same class (deterministic for a given set of bad
 files), in ``eval_batches`` it is left out.
 
@@ -28,6 +29,7 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from nad_jax import errors
 from nad_jax.data import base
 from nad_jax.data import preprocess
 
@@ -46,8 +48,8 @@ class IndexedConceptDataset:
     aliases: extra names -> class id accepted in class selections (wnids,
       folder names).
     wnids: ImageNet wnids of the classes in id order, or ``None``.
-    skipped_files: descriptions of the images skipped as unreadable, in the
-      order met (for the run summary).
+    skipped_files: descriptions of the images skipped as unreadable or
+      non-finite, in the order met (for the run summary).
   """
 
   def __init__(self, class_names: Sequence[str], *, image_size: int,
@@ -106,29 +108,40 @@ class IndexedConceptDataset:
     try:
       return preprocess.to_pil_rgb(self._read(split, class_id, index))
     except DECODE_ERRORS as e:
-      name = self._describe(split, class_id, index)
-      with self._lock:
-        if key in self._bad:
-          return None
-        self._bad.add(key)
-        self.skipped_files.append(name)
-      logging.warning("skipping unreadable image %s (class %d %r): %s", name,
-                      class_id, self.class_names[class_id], e)
-      return None
+      return self.skip(split, class_id, index, f"unreadable: {e}")
+
+  def skip(self, split: str, class_id: int, index: int,
+           reason: str) -> None:
+    """Records an image as skipped (once, thread-safe), logs it with
+    ``reason`` and returns None. The decode-once cache calls it too."""
+    key = (split, class_id, index)
+    name = self._describe(split, class_id, index)
+    with self._lock:
+      if key in self._bad:
+        return None
+      self._bad.add(key)
+      self.skipped_files.append(name)
+    logging.warning("skipping image %s (class %d %r): %s", name, class_id,
+                    self.class_names[class_id], reason)
+    return None
 
   def _load(self, split: str, class_id: int, index: int, augment: str,
             rng: np.random.Generator | None) -> np.ndarray | None:
-    """One image read and transformed; None (logged, counted) if unreadable."""
+    """One image read and transformed; None (logged, counted) if unreadable
+    or if a value of the transformed image is not finite."""
     image = self.decode(split, class_id, index)
     if image is None:
       return None
     if augment == "none":
-      return preprocess.eval_transform(image, self.image_size)
-    if callable(rng):  # a fixed box and flip (box_source)
+      out = preprocess.eval_transform(image, self.image_size)
+    elif callable(rng):  # a fixed box and flip (box_source)
       *box, flip = rng(image.height, image.width)
-      return preprocess.crop_flip_normalize(image, box, flip,
-                                            self.image_size)
-    return preprocess.augment_transform(image, rng, self.image_size)
+      out = preprocess.crop_flip_normalize(image, box, flip, self.image_size)
+    else:
+      out = preprocess.augment_transform(image, rng, self.image_size)
+    if not base.is_finite_image(out):
+      return self.skip(split, class_id, index, "non-finite pixel values")
+    return out
 
   def _map(self, tasks: list[tuple]) -> list[np.ndarray | None]:
     if self.num_workers <= 0 or len(tasks) <= 1:
@@ -174,9 +187,10 @@ class IndexedConceptDataset:
           if image is not None:
             break
         if image is None:
-          raise ValueError(
+          raise errors.DataError(
               f"class {class_id} {self.class_names[class_id]!r} has no "
-              f"readable train image (all {count} skipped)")
+              f"readable train image (all {count} skipped as unreadable or "
+              f"non-finite)")
         images[n] = image
     size = self.image_size
     images = np.stack(images).reshape(len(class_ids), batch_size, size, size,

