@@ -64,10 +64,12 @@ def step_memory(name, dtype, remat, k, b, size=224):
   gate_logits = {s: jax.ShapeDtypeStruct((k, 1, c), jnp.float32)
                  for s, c in model.gate_sites().items()}
   ints = jax.ShapeDtypeStruct((k, 1), jnp.int32)
+  per_concept = jax.ShapeDtypeStruct((k,), jnp.int32)
   chunk = {"gate_logits": gate_logits,
            "opt_state": jax.eval_shape(jax.vmap(jax.vmap(optimizer.init)),
                                        gate_logits),
-           "stable": ints,
+           "stable": ints, "step": per_concept, "failed_step": per_concept,
+           "failed_site": per_concept, "failed_what": per_concept,
            "sums": {"loss": jax.ShapeDtypeStruct((k, 1), jnp.float32),
                     "changed": ints, "valid": ints, "active": ints}}
   compiled = step.lower(

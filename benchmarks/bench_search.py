@@ -100,7 +100,9 @@ def main(argv):
     zeros = lambda: jnp.zeros((n, 1), jnp.int32)  # one buffer each
     return {"gate_logits": gl,
             "opt_state": jax.vmap(jax.vmap(optimizer.init))(gl),
-            "stable": zeros(),
+            "stable": zeros(), "step": jnp.zeros((n,), jnp.int32),
+            **{name: jnp.full((n,), -1, jnp.int32)
+               for name in ("failed_step", "failed_site", "failed_what")},
             "sums": {"loss": jnp.zeros((n, 1)), "changed": zeros(),
                      "valid": zeros(), "active": zeros()}}
 

@@ -108,6 +108,10 @@ def main(argv):
            "sums": {"loss": jnp.zeros((1, 1)),
                     **{name: jnp.zeros((1, 1), jnp.int32)
                        for name in ("changed", "valid", "active")}}}
+  if hasattr(search, "FAILED_LOSS"):  # the step checks finiteness
+    chunk.update(step=jnp.zeros((1,), jnp.int32),
+                 **{name: jnp.full((1,), -1, jnp.int32)
+                    for name in ("failed_step", "failed_site", "failed_what")})
   patience = jnp.zeros((), jnp.int32)
   dtype = jnp.dtype(_DTYPE.value)
   forward = jax.jit(lambda v, x: model.apply(v, x.astype(dtype))[0])

@@ -117,15 +117,14 @@ def test_bad_concepts_per_step():
 @pytest.mark.parametrize("value", ["many", 0, -2, 1.5])
 def test_config_refuses_bad_concepts_per_step(value):
   from nad_jax import config_lib  # pylint: disable=g-import-not-at-top
-  from nad_jax import pipeline  # pylint: disable=g-import-not-at-top
   config = config_lib.base_config()
   config.model.name = "demo_vgg"
   config.search.concepts_per_step = value
-  with pytest.raises(ValueError, match="concepts_per_step must be a "
-                     "positive integer or 'auto'"):
-    pipeline.validate_config(config)
+  with pytest.raises(ValueError, match=r"config.search.concepts_per_step="
+                     r".* must be a positive integer or 'auto'"):
+    config_lib.validate(config)
   config.search.concepts_per_step = "auto"
-  pipeline.validate_config(config)
+  config_lib.validate(config)
 
 
 def test_auto_with_the_device_pipeline_counts_its_cache(photo_root, caplog):

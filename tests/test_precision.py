@@ -37,9 +37,12 @@ from nad_jax.data import demo
 def _chunk(model, k, optimizer):
   gate_logits = search.init_gate_logits(0, range(k), 1, model.gate_sites())
   zeros = np.zeros((k, 1), np.int32)
+  healthy = np.full((k,), -1, np.int32)
   return {"gate_logits": gate_logits,
           "opt_state": jax.vmap(jax.vmap(optimizer.init))(gate_logits),
-          "stable": zeros,
+          "stable": zeros, "step": np.zeros((k,), np.int32),
+          "failed_step": healthy, "failed_site": healthy,
+          "failed_what": healthy,
           "sums": {"loss": np.zeros((k, 1), np.float32), "changed": zeros,
                    "valid": zeros, "active": zeros}}
 
@@ -144,13 +147,13 @@ def test_bf16_matches_f32_on_vgg16_224():
 
 def test_unknown_compute_dtype_is_refused():
   from nad_jax import config_lib  # pylint: disable=g-import-not-at-top
-  from nad_jax import pipeline  # pylint: disable=g-import-not-at-top
   config = config_lib.base_config()
   config.model.name = "demo_vgg"
   config.search.compute_dtype = "float16"
-  with pytest.raises(ValueError, match="compute_dtype: unknown dtype "
-                     "'float16'"):
-    pipeline.validate_config(config)
+  with pytest.raises(ValueError, match=r"config.search.compute_dtype="
+                     r"'float16' is not allowed: it must be one of "
+                     r"'bfloat16', 'float32'"):
+    config_lib.validate(config)
   with pytest.raises(ValueError, match="compute_dtype must be one of"):
     search.make_search_step(models.get_model("demo_vgg", num_classes=16),
                             None, optim.nad_optimizer(0.1),
