@@ -19,6 +19,8 @@ runs as one SPMD program over every process's devices, in lockstep:
   barriers). A rerun, with the same or another number of processes,
   resumes from it; after a lost host every process goes back to the last
   checkpoint (at most ``search.checkpoint_every`` steps lost).
+* A SIGINT/SIGTERM to any process (``nad_jax.stop``) stops every process
+  at the next host look, with a checkpoint (:func:`any_process`).
 * The evaluation is split (process i evaluates every P-th concept, its
   :func:`process_share`) and gathered; process 0 writes the paths, metrics,
   figures and report.
@@ -153,6 +155,13 @@ def gather_shares(local: np.ndarray, total: int) -> np.ndarray:
     rows = len(range(index, total, count))
     out[index::count] = everyone[index, :rows]
   return out
+
+
+def any_process(flag: bool) -> bool:
+  """Whether ``flag`` is true on any process (all get the same)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.any(multihost_utils.process_allgather(np.bool_(flag))))
 
 
 def agree_on_min(value: int) -> int:

@@ -760,6 +760,7 @@ class _Run:
   total_step: int
   last_saved: int
   steps_this_call: int = 0
+  stop_agreed: bool = False
   num_chunks: int = 0
   chunk_number: int = 0
 
@@ -779,10 +780,16 @@ class _Run:
 
   def out_of_budget(self) -> bool:
     """This call must end: its step budget is spent or a stop was
-    requested (SIGINT/SIGTERM, see ``nad_jax.stop``)."""
+    requested (SIGINT/SIGTERM, see ``nad_jax.stop``). With several
+    processes a stop counts once every process knows of it
+    (:attr:`stop_agreed`, decided at a host look), so that all stop at the
+    same step."""
+    if jax.process_count() > 1:
+      stopping = self.stop_agreed
+    else:
+      stopping = stop.requested() is not None
     return bool(self.stop_after_steps
-                and self.steps_this_call >= self.stop_after_steps) or (
-                    stop.requested() is not None)
+                and self.steps_this_call >= self.stop_after_steps) or stopping
 
   def save_due(self) -> bool:
     return bool(self.checkpointer is not None and self.checkpoint_every
@@ -828,6 +835,8 @@ def _run_chunk(run: _Run, variables, state, rows: np.ndarray) -> None:
     if not (record or logs or save or run.out_of_budget()):
       continue
     host = distributed.gather(chunk)
+    if jax.process_count() > 1:  # a signal to any process stops them all
+      run.stop_agreed = distributed.any_process(stop.requested() is not None)
     chunk = dict(chunk, sums=jax.device_put(_zero_sums(k, num_seeds),
                                             run.sharded))
     _write_back(state, rows, host, step, run)

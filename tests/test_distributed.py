@@ -207,6 +207,34 @@ def test_killed_processes_are_resumed_by_a_rerun(tmp_path, one_process):
     assert "images*concepts/s  ETA " in rerun
 
 
+def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path,
+                                                       one_process):
+  """SIGTERM (a preemption notice) to process 1 only: both processes stop
+  at the same host look with one checkpoint; a rerun finishes the run."""
+  workdir = str(tmp_path)
+  procs = _start(_main_argv(workdir, 12), workdir)
+  checkpoints = os.path.join(workdir, "checkpoints")
+  deadline = time.monotonic() + 600
+  while not (os.path.isdir(checkpoints) and any(
+      n.isdigit() for n in os.listdir(checkpoints))):
+    assert time.monotonic() < deadline and procs[1].poll() is None
+    time.sleep(0.1)
+  procs[1].send_signal(signal.SIGTERM)
+  codes = [proc.wait(timeout=300) for proc in procs]
+  logs = [open(os.path.join(workdir, f"log{i}.txt")).read() for i in range(2)]
+  assert codes == [0, 128 + signal.SIGTERM], logs[1][-3000:]
+  assert "stopped by SIGTERM" in logs[1]
+  assert "search stopped early" in logs[0]
+  saved = max(int(n) for n in os.listdir(checkpoints) if n.isdigit())
+  assert f"(step {saved})" in logs[1]  # process 1 names the checkpoint
+  assert not os.path.exists(os.path.join(workdir, "paths.npz"))
+  for index in range(2):
+    with open(os.path.join(workdir, f"log{index}.txt"), "a") as log:
+      log.write("\n=== RERUN ===\n")
+  _wait(_start(_main_argv(workdir, 12), workdir), workdir)
+  _assert_same_outputs(workdir, one_process)
+
+
 def test_launch_detection():
   detect = distributed.launched_as_several_processes
   assert not detect({})
