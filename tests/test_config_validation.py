@@ -64,7 +64,12 @@ OUT_OF_RANGE = {
     "optim.alpha": [0.0, -0.1, math.nan, math.inf],
     "search.num_steps": [0, -1],
     "search.batch_size": [0],
-    "search.concepts_per_step": [0],
+    "search.concepts_per_step": [0, "many", 2.5],
+    "search.memory_limit_gb": [-1.0, math.nan],
+    "search.compute_dtype": ["float16"],
+    "distributed.mode": ["always"],
+    "distributed.num_processes": [-1],
+    "distributed.process_id": [-2],
     "search.num_seeds": [0],
     "search.patience": [-1],
     "search.checkpoint_every": [-1],
@@ -93,7 +98,8 @@ OUT_OF_RANGE = {
 NO_RANGE = {"model.checkpoint", "data.name", "data.data_dir",
             "data.manual_dir", "data.root", "data.hierarchy",
             "report.figures", "analysis.enabled", "analysis.mosaic_full_size",
-            "analysis.map_classes", "analysis.images"}
+            "analysis.map_classes", "analysis.images", "search.remat",
+            "distributed.coordinator_address"}
 
 
 def _set(config, path, value):

@@ -249,3 +249,15 @@ def test_shares_cover_every_item_once():
   shares = [distributed.process_share(range(10), i, 3) for i in range(3)]
   assert sorted(sum(shares, [])) == list(range(10))
   assert [len(s) for s in shares] == [4, 3, 3]
+
+
+def test_partial_manual_launch_is_refused():
+  from nad_jax import errors  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(dict(
+      mode="auto", coordinator_address="localhost:1234", num_processes=0,
+      process_id=-1))
+  with pytest.raises(errors.ConfigError, match=(
+      "with coordinator_address set, num_processes .* and process_id .* "
+      "must be set too")):
+    distributed.initialize(config)
