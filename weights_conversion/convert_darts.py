@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import importlib
 import importlib.util
 import os
@@ -203,14 +202,6 @@ def _to_numpy(value: Any) -> np.ndarray:
   return np.asarray(value)
 
 
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def convert_file(input_path: str, output_dir: str, *, force: bool = False,
                  verify: bool = False) -> dict[str, Any]:
   """Converts the checkpoint file ``input_path`` into ``output_dir``.
@@ -225,18 +216,16 @@ def convert_file(input_path: str, output_dir: str, *, force: bool = False,
     FileExistsError: ``output_dir`` exists and ``force`` is off.
     torch_utils.ConversionError: unreadable file or keys that do not fit.
   """
-  output_dir = os.path.abspath(os.path.expanduser(output_dir))
-  if os.path.exists(output_dir) and not force:
-    raise FileExistsError(f"{output_dir} exists; pass --force to overwrite")
+  output_dir = torch_utils.check_output(output_dir, force)
   state_dict = torch_utils.load_state_dict(input_path)
   variables = convert_state_dict(state_dict, source=input_path)
   num_classes = int(variables["params"]["classifier"]["kernel"].shape[1])
   meta = {"arch": ARCH, "num_classes": num_classes,
           "genotype": "DARTS_V2",
           "source": os.path.abspath(input_path),
-          "sha256": _sha256(input_path),
+          "sha256": torch_utils.sha256_of_file(input_path),
           "converter": "weights_conversion/convert_darts.py"}
-  params_io.save_variables(output_dir, variables, meta, force=force)
+  torch_utils.write_params(output_dir, variables, meta, force=force)
   if verify:
     _verify(output_dir, variables, state_dict)
   return meta

@@ -45,10 +45,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import importlib.util
 import os
-import shutil
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -62,7 +60,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nad_jax import params_io
 from nad_jax.models import efficientnet_lite
 from weights_conversion import torch_utils as tu
 # pylint: enable=wrong-import-position
@@ -200,14 +197,6 @@ def convert_state_dict(state_dict: Mapping[str, Any],
         f"{_layout_hint(state_dict)}") from None
 
 
-def _sha256_of_file(path: str | os.PathLike) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def convert_file(input_path: str | os.PathLike,
                  output_dir: str | os.PathLike,
                  num_classes: int | None = None, *,
@@ -227,9 +216,7 @@ def convert_file(input_path: str | os.PathLike,
     ConversionError: unreadable file or keys/shapes that do not fit.
   """
   _check_arch(arch)
-  output_dir = os.path.abspath(os.fspath(output_dir))
-  if os.path.exists(output_dir) and not force:
-    raise FileExistsError(f"{output_dir} exists; pass --force to replace it")
+  output_dir = tu.check_output(output_dir, force)
   state_dict = tu.load_state_dict(input_path)
   variables = convert_state_dict(state_dict, num_classes, arch=arch,
                                  source=os.fspath(input_path))
@@ -237,16 +224,10 @@ def convert_file(input_path: str | os.PathLike,
       "arch": arch,
       "num_classes": int(variables["params"]["fc"]["bias"].shape[0]),
       "source_file": os.path.basename(os.fspath(input_path)),
-      "source_sha256": _sha256_of_file(input_path),
+      "source_sha256": tu.sha256_of_file(input_path),
       "converter": "weights_conversion/convert_efficientnet.py",
   }
-  existed = os.path.exists(output_dir)
-  try:
-    params_io.save_variables(output_dir, variables, meta, force=force)
-  except BaseException:
-    if not existed and os.path.exists(output_dir):
-      shutil.rmtree(output_dir, ignore_errors=True)
-    raise
+  tu.write_params(output_dir, variables, meta, force=force)
   return variables, meta
 
 

@@ -36,10 +36,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import os
 import re
-import shutil
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -53,7 +51,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nad_jax import params_io
 from nad_jax.models import densenet, resnet, vgg
 from weights_conversion import convert_efficientnet
 from weights_conversion import torch_utils as tu
@@ -287,14 +284,6 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any],
         f"{_arch_hint(arch, state_dict)}") from None
 
 
-def sha256_of_file(path: str | os.PathLike) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def convert_file(arch: str, input_path: str | os.PathLike,
                  output_dir: str | os.PathLike,
                  num_classes: int | None = None, *,
@@ -313,9 +302,7 @@ def convert_file(arch: str, input_path: str | os.PathLike,
     ConversionError: unreadable file or keys/shapes that do not fit.
   """
   _check_arch(arch)
-  output_dir = os.path.abspath(os.fspath(output_dir))
-  if os.path.exists(output_dir) and not force:
-    raise FileExistsError(f"{output_dir} exists; pass --force to replace it")
+  output_dir = tu.check_output(output_dir, force)
   state_dict = tu.load_state_dict(input_path)
   variables = convert_state_dict(arch, state_dict, num_classes,
                                  source=os.fspath(input_path))
@@ -324,16 +311,10 @@ def convert_file(arch: str, input_path: str | os.PathLike,
       "num_classes": int(variables["params"][_classifier_scope(arch)]
                          ["bias"].shape[0]),
       "source_file": os.path.basename(os.fspath(input_path)),
-      "source_sha256": sha256_of_file(input_path),
+      "source_sha256": tu.sha256_of_file(input_path),
       "converter": "weights_conversion/convert_torchvision.py",
   }
-  existed = os.path.exists(output_dir)
-  try:
-    params_io.save_variables(output_dir, variables, meta, force=force)
-  except BaseException:
-    if not existed and os.path.exists(output_dir):
-      shutil.rmtree(output_dir, ignore_errors=True)
-    raise
+  tu.write_params(output_dir, variables, meta, force=force)
   return variables, meta
 
 

@@ -21,6 +21,9 @@ The API (stable; the DARTS converter uses it too):
   mis-shaped key (and any Flax variable no rule fills).
 * :func:`check_state_dict` ``(state_dict, expected_shapes, ...)``: the same
   strict check on torch keys and torch-layout shapes alone.
+* :func:`check_output` / :func:`write_params`: refuse an existing output
+  unless forced; write the params checkpoint, leaving nothing behind when
+  the write fails. :func:`sha256_of_file` for the meta.
 
 torch is imported only inside :func:`load_state_dict`, so the transforms and
 checks work on plain numpy dicts. Memory: a loaded state_dict is held once as
@@ -31,7 +34,9 @@ size).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -364,3 +369,33 @@ def max_differences(pairs: Iterable[tuple[str, Any, np.ndarray]]
     differences[name] = (abs_diff,
                          abs_diff / max(float(np.max(np.abs(theirs))), 1e-30))
   return differences
+
+
+def sha256_of_file(path: str | os.PathLike) -> str:
+  """Hex SHA-256 of a file, read in 1 MiB blocks."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def check_output(output_dir: str | os.PathLike, force: bool) -> str:
+  """The absolute output path; FileExistsError if it exists and not ``force``."""
+  output_dir = os.path.abspath(os.path.expanduser(os.fspath(output_dir)))
+  if os.path.exists(output_dir) and not force:
+    raise FileExistsError(f"{output_dir} exists; pass --force to replace it")
+  return output_dir
+
+
+def write_params(output_dir: str, variables: Mapping[str, Any],
+                 meta: Mapping[str, Any], *, force: bool) -> None:
+  """Writes the params checkpoint; a failed first write leaves no folder."""
+  from nad_jax import params_io  # pylint: disable=g-import-not-at-top
+  existed = os.path.exists(output_dir)
+  try:
+    params_io.save_variables(output_dir, variables, meta, force=force)
+  except BaseException:
+    if not existed and os.path.exists(output_dir):
+      shutil.rmtree(output_dir, ignore_errors=True)
+    raise
