@@ -12,7 +12,8 @@ batch and hands it to the jitted step, which turns it into
 * :class:`DeviceBatches` (``'device'``): at the start of a chunk its
   decode-once cache (:mod:`nad_jax.data.decode_cache`, built in the
   background while the previous chunk ran) and the chunk's index table go
-  to the device; a step's batch is then a small pytree (the cache, the
+  to the device (with several processes each reads and sends only the
+  rows on its own devices); a step's batch is then a small pytree (the cache, the
   table, the step number) and ``make_batch`` gathers, crops, flips and
   normalises on the device (:mod:`nad_jax.data.device_augment`). Images
   are drawn in the host path's order (:func:`base.sample_indices`);
@@ -153,7 +154,18 @@ class DeviceBatches:
     self._chunk = None
 
   def _put(self, arrays):
-    return jax.device_put(arrays, self.sharding)
+    """To the devices, concept axis sharded. With several processes each
+    process's arrays hold only its own rows (the others are zero), so each
+    sends just its addressable shards."""
+    if jax.process_count() == 1:
+      return jax.device_put(arrays, self.sharding)
+
+    def put(value):
+      value = np.asarray(value)
+      return jax.make_array_from_callback(value.shape, self.sharding,
+                                          lambda index: value[index])
+
+    return jax.tree.map(put, arrays)
 
   def start(self, concept_ids: Sequence[int], sharding) -> None:
     """Fixes the cache's slot count for the run (one compiled shape)."""
@@ -179,7 +191,7 @@ class DeviceBatches:
     else:
       if self._next is not None:
         self._next[1].result()  # a mispredicted prefetch: let it finish
-      cache = self.builder.build(ids, self.num_slots)
+      cache = self.builder.build(ids, self.num_slots, self._local_rows(ids))
     self._next = None
     self.cache = cache
     steps = max(int(num_steps) - int(first_step), 1)
@@ -197,8 +209,21 @@ class DeviceBatches:
     self._first_step = int(first_step)
     if upcoming is not None:
       upcoming = tuple(int(c) for c in upcoming)
-      self._next = (upcoming, self.builder.prefetch(upcoming,
-                                                    self.num_slots))
+      self._next = (upcoming, self.builder.prefetch(
+          upcoming, self.num_slots, self._local_rows(upcoming)))
+
+  def _local_rows(self, ids: Sequence[int]) -> list[bool] | None:
+    """Several processes: the chunk rows on this process's devices (only
+    their images are read; ``jax.device_put`` sends each process's own
+    rows). One process: ``None``, every row."""
+    if jax.process_count() == 1:
+      return None
+    rows = [False] * len(ids)
+    for index in self.sharding.addressable_devices_indices_map(
+        (len(ids),)).values():
+      for row in range(len(ids))[index[0]]:
+        rows[row] = True
+    return rows
 
   def _fixed_boxes(self, cache, table, first_step):
     orig_hw = np.asarray(cache.arrays["orig_hw"])
@@ -209,6 +234,8 @@ class DeviceBatches:
       for t in range(steps):
         for b in range(batch):
           height, width = orig_hw[row, table[row, t, b]]
+          if not height:  # another process's row (never read here)
+            continue
           *box, flip = self.box_source(int(cache.class_ids[row]),
                                        first_step + t, b, int(height),
                                        int(width))
@@ -230,8 +257,7 @@ class DeviceBatches:
     for name in ("boxes", "flips"):
       if name in data:
         data[name] = data[name][:, index:index + 1]
-    data = {name: (value if np.ndim(value) == 0 else
-                   jax.device_put(value, self.sharding))
+    data = {name: (value if np.ndim(value) == 0 else self._put(value))
             for name, value in data.items()}
     return (data,)
 

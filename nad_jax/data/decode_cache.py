@@ -303,7 +303,8 @@ class DecodeCache:
     return list(self._pool.map(fn, items))
 
   def build(self, class_ids: Sequence[int],
-            num_slots: int | None = None) -> ChunkCache:
+            num_slots: int | None = None,
+            rows: Sequence[bool] | None = None) -> ChunkCache:
     """Decodes every train image of ``class_ids`` (repeats decoded once).
 
     Args:
@@ -311,6 +312,9 @@ class DecodeCache:
       num_slots: images per class the arrays hold (at least the largest
         class; default: exactly that). A run fixes it so that every chunk
         has the same shape and the step compiles once.
+      rows: which of the chunk's rows this process needs (several
+        processes: the rows on its own devices); the other rows' classes
+        are not read and their arrays stay zero. ``None``: every row.
 
     Raises:
       ValueError: a class has no (readable) train image, naming it, or has
@@ -322,6 +326,8 @@ class DecodeCache:
     base.check_class_ids(class_ids, len(dataset.class_names),
                          dataset.class_names)
     unique = list(dict.fromkeys(int(c) for c in class_ids))
+    wanted = set(unique) if rows is None else {
+        int(c) for c, row in zip(class_ids, rows) if row}
     counts = {c: int(dataset.num_images("train", c)) for c in unique}
     for c in unique:
       if counts[c] == 0:
@@ -342,8 +348,13 @@ class DecodeCache:
     transposed = np.zeros((k, n_max), bool)
     readable = [np.zeros(counts[c], bool) for c in unique]
 
+    for row, c in enumerate(unique):
+      if c not in wanted:  # another process's row: left zero, never read
+        readable[row][:] = True
     if self.is_demo:
       for row, c in enumerate(unique):
+        if c not in wanted:
+          continue
         pixels = dataset.train_images(c)
         images[row, :len(pixels)] = pixels
         stored_hw[row, :len(pixels)] = pixels.shape[1:3]
@@ -373,7 +384,7 @@ class DecodeCache:
         readable[row][index] = True
 
       self._map(load, [(row, c, i) for row, c in enumerate(unique)
-                       for i in range(counts[c])])
+                       if c in wanted for i in range(counts[c])])
       if self._closing.is_set():
         raise concurrent.futures.CancelledError("decode cache closed")
       labels = np.asarray(dataset.labels(unique), np.int32)
@@ -395,7 +406,7 @@ class DecodeCache:
         counts=np.asarray([counts[int(c)] for c in class_ids], np.int64),
         slot_of=[slot_of[int(c)] for c in class_ids], placement="host",
         augment=self.augment, image_size=self.image_size,
-        decoded=int(sum(counts.values())))
+        decoded=int(sum(counts[c] for c in wanted)))
     cache.placement = self.choose_placement(cache.nbytes)
     if cache.placement == "device":
       cache.arrays = self.put(cache.arrays)
@@ -408,7 +419,8 @@ class DecodeCache:
         cache.placement)
     return cache
 
-  def prefetch(self, class_ids: Sequence[int], num_slots: int | None = None
+  def prefetch(self, class_ids: Sequence[int], num_slots: int | None = None,
+               rows: Sequence[bool] | None = None
                ) -> concurrent.futures.Future[ChunkCache]:
     """Starts :meth:`build` on a background thread; returns its future.
 
@@ -419,7 +431,8 @@ class DecodeCache:
       if self._builder is None:
         self._builder = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="nad_cache_build")
-    return self._builder.submit(self.build, list(class_ids), num_slots)
+    return self._builder.submit(self.build, list(class_ids), num_slots,
+                                rows)
 
   def close(self) -> None:
     """Stops the threads; a build in progress stops early (its future
