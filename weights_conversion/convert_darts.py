@@ -339,9 +339,7 @@ def _verify(output_dir: str, variables: Mapping[str, Any],
     print(f"verify: skipped the PyTorch comparison ({e})")
     return
   print("verify: against darmo's PyTorch NetworkImageNet, one random image")
-  print(f"{'site':>8} {'max abs diff':>14} {'max rel diff':>14}")
-  for site, (abs_diff, rel_diff) in differences.items():
-    print(f"{site:>8} {abs_diff:14.3e} {rel_diff:14.3e}")
+  torch_utils.print_differences(differences)
 
 
 def main(argv: list[str] | None = None) -> int:

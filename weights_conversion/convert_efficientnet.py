@@ -368,9 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as e:
       print(f"error: {e}", file=sys.stderr)
       return 1
-    print(f"{'site':>8} {'max abs diff':>14} {'max rel diff':>14}")
-    for site, (abs_diff, rel_diff) in differences.items():
-      print(f"{site:>8} {abs_diff:14.3e} {rel_diff:14.3e}")
+    tu.print_differences(differences)
   return 0
 
 

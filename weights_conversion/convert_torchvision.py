@@ -453,9 +453,7 @@ def main(argv: list[str] | None = None) -> int:
   if args.verify:
     state_dict = tu.load_state_dict(args.input)
     differences = compare_with_torchvision(args.arch, variables, state_dict)
-    print(f"{'site':>8} {'max abs diff':>14} {'max rel diff':>14}")
-    for site, (abs_diff, rel_diff) in differences.items():
-      print(f"{site:>8} {abs_diff:14.3e} {rel_diff:14.3e}")
+    tu.print_differences(differences)
   return 0
 
 

@@ -399,3 +399,10 @@ def write_params(output_dir: str, variables: Mapping[str, Any],
     if not existed and os.path.exists(output_dir):
       shutil.rmtree(output_dir, ignore_errors=True)
     raise
+
+
+def print_differences(differences: Mapping[str, tuple[float, float]]) -> None:
+  """Prints :func:`max_differences`' result as a table, one row a site."""
+  print(f"{'site':>8} {'max abs diff':>14} {'max rel diff':>14}")
+  for site, (abs_diff, rel_diff) in differences.items():
+    print(f"{site:>8} {abs_diff:14.3e} {rel_diff:14.3e}")

@@ -69,3 +69,12 @@ def gate_site(
     x = (x * gate).astype(x.dtype)
   activations[name] = x
   return x
+
+
+def variant_class(family: type, class_name: str, variant: str,
+                  doc: str) -> type:
+  """A subclass of the module ``family`` whose ``variant`` field defaults to
+  ``variant`` (one registered class per torchvision name, e.g. ``VGG16``)."""
+  return type(class_name, (family,), {"__annotations__": {"variant": str},
+                                      "variant": variant, "__doc__": doc,
+                                      "__module__": family.__module__})

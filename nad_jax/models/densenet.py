@@ -185,9 +185,7 @@ def _variant_class(class_name: str, variant: str) -> type[DenseNet]:
   check_variant(variant)
   doc = (f"torchvision ``{variant}`` with 8 gate sites "
          f"{tuple(site_channels(variant))} (eval mode only).")
-  return type(class_name, (DenseNet,), {"__annotations__": {"variant": str},
-                                        "variant": variant, "__doc__": doc,
-                                        "__module__": __name__})
+  return base.variant_class(DenseNet, class_name, variant, doc)
 
 
 DenseNet121 = _variant_class("DenseNet121", "densenet121")

@@ -207,9 +207,7 @@ def _variant_class(class_name: str, variant: str) -> type[ResNet]:
   check_variant(variant)
   doc = (f"torchvision ``{variant}`` with {len(block_layout(variant)) + 1} "
          "gate sites (eval mode only).")
-  return type(class_name, (ResNet,), {"__annotations__": {"variant": str},
-                                      "variant": variant, "__doc__": doc,
-                                      "__module__": __name__})
+  return base.variant_class(ResNet, class_name, variant, doc)
 
 
 ResNet18 = _variant_class("ResNet18", "resnet18")

@@ -190,9 +190,7 @@ def _variant_class(class_name: str, variant: str) -> type[VGG]:
   doc = (f"torchvision ``{variant}`` (config {config}"
          f"{', BatchNorm' if batch_norm else ''}) with "
          f"{len(conv_layout(variant))} gate sites (eval mode only).")
-  return type(class_name, (VGG,), {"__annotations__": {"variant": str},
-                                   "variant": variant, "__doc__": doc,
-                                   "__module__": __name__})
+  return base.variant_class(VGG, class_name, variant, doc)
 
 
 VGG11 = _variant_class("VGG11", "vgg11")
